@@ -1,0 +1,32 @@
+"""SeRpEnt in plain PyTorch (no transformers): selective resampling over state space models.
+
+Read in this order, which is the order of DESIGN.md:
+    scan.py          the selective scan (reference, linear-time forward and backward)
+    kernels.py       dispatch to mamba-ssm's CUDA kernels when they can run
+    mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
+    resampling.py    Δ clock, causal/bidirectional compression and decompression
+    branch.py        resample -> SSM -> decompress at one compression rate
+    block.py         RMSNorm, branches, concat projection, residual
+    state.py         recurrent state for generation
+"""
+
+from .block import RMSNorm, SeRpEntBlock
+from .branch import Branch, BranchStatistics
+from .mamba_mixer import MambaMixer
+from .resampling import CLOCK_QUANTUM, GaussianBasis, SelectiveResampler, SelectivityNetwork
+from .state import BranchState, MixerState, ResamplingState
+
+__all__ = [
+    "CLOCK_QUANTUM",
+    "Branch",
+    "BranchState",
+    "BranchStatistics",
+    "GaussianBasis",
+    "MambaMixer",
+    "MixerState",
+    "RMSNorm",
+    "ResamplingState",
+    "SeRpEntBlock",
+    "SelectiveResampler",
+    "SelectivityNetwork",
+]

@@ -1,0 +1,96 @@
+"""One SeRpEnt branch (DESIGN.md section 1): resample at rate κ, run an SSM, map back.
+
+    x (b, l, d) --Δ, clock--> x~ (b, M, d) --SSM--> y~ (b, M, d) --decompress--> y (b, l, d)
+
+A branch at κ = 1 is the identity resampling: a plain SSM over x, no gather and no basis, so
+a one-branch model is exactly a Mamba (or S4D) model.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .mamba_mixer import MambaMixer
+from .resampling import SelectiveResampler
+from .state import BranchState
+
+
+@dataclass
+class BranchStatistics:
+    """What one forward pass of a branch did: Δ (delta) per element (b, l) and new compressed samples per row (b,)."""
+
+    deltas: torch.Tensor
+    compressed_lengths: torch.Tensor
+
+
+def build_mixer(config):
+    """The SSM of a branch, chosen by `config.ssm_type`."""
+    if config.ssm_type == "mamba":
+        return MambaMixer(config)
+    if config.ssm_type == "s4d":
+        from .s4d import S4DMixer
+
+        return S4DMixer(config)
+    raise ValueError(f"unknown ssm_type {config.ssm_type!r}; expected 'mamba' or 's4d'")
+
+
+class Branch(nn.Module):
+    def __init__(self, config, compression_rate, causal=True):
+        super().__init__()
+        self.compression_rate = compression_rate
+        self.mixer = build_mixer(config)
+        self.resampler = None
+        if compression_rate < 1.0:
+            self.resampler = SelectiveResampler(
+                config.hidden_size,
+                compression_rate,
+                config.num_neighbors,
+                config.num_basis,
+                causal=causal,
+                delta_bias_init=config.delta_bias_init,
+            )
+
+    def empty_state(self, batch_size, device, dtype=torch.float32):
+        resampling = None if self.resampler is None else self.resampler.empty_state(batch_size, device, dtype)
+        return BranchState(mixer=self.mixer.empty_state(batch_size, device, dtype), resampling=resampling)
+
+    def forward(self, x, valid=None, state=None, return_state=False):
+        """x (b, l, d); valid (b, l) bool or None; state: BranchState of the previous chunk or None.
+
+        Returns y (b, l, d), the new BranchState (None unless return_state) and BranchStatistics.
+        """
+        batch, length, _ = x.shape
+        if self.resampler is None:
+            y, mixer_state = self.mixer(x, valid, None if state is None else state.mixer, return_state)
+            ones = torch.ones(batch, length, device=x.device, dtype=torch.float64)
+            deltas = ones if valid is None else ones * valid
+            statistics = BranchStatistics(deltas, deltas.sum(-1).long())
+            return y, (BranchState(mixer_state) if return_state else None), statistics
+
+        previous = state.resampling if state is not None else self.resampler.empty_state(batch, x.device, x.dtype)
+        if valid is not None:
+            x = x * valid.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to any sample
+        deltas = self.resampler.deltas(x, valid)
+        times = previous.clock.unsqueeze(-1) + torch.cumsum(deltas, dim=-1)
+        samples, sample_valid, new_counts = self.resampler.compress(x, times, previous)
+        outputs, mixer_state = self.mixer(samples, sample_valid, None if state is None else state.mixer, return_state)
+        y, last_output = self.resampler.decompress(outputs, times, previous, new_counts)
+        new_state = None
+        if return_state:
+            resampling = self.resampler.advance(x, times, previous, new_counts, last_output)
+            new_state = BranchState(mixer=mixer_state, resampling=resampling)
+        return y, new_state, BranchStatistics(deltas, new_counts)
+
+    def step(self, x, state):
+        """One element x (b, d) -> (y (b, d), new BranchState). No host synchronisation."""
+        if self.resampler is None:
+            y, mixer_state = self.mixer.step(x, state.mixer)
+            return y, BranchState(mixer=mixer_state)
+        sample, emits, resampling = self.resampler.step_compress(x, None, state.resampling)
+        # Every row runs the SSM step; only rows that emit a sample keep its result.
+        output, stepped = self.mixer.step(sample, state.mixer)
+        mixer_state = stepped.where(emits, state.mixer)
+        resampling.last_output = torch.where(emits.unsqueeze(-1), output.to(resampling.last_output.dtype),
+                                             resampling.last_output)
+        return self.resampler.step_decompress(resampling), BranchState(mixer=mixer_state, resampling=resampling)

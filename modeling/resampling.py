@@ -1,0 +1,232 @@
+"""Selective resampling (DESIGN.md section 1): Δ as a clock, a uniform grid on it, and back.
+
+For one branch with compression rate κ (kappa) in (0, 1):
+
+    Δ_l   = κ + (1 - κ) · sigmoid(θ_Δ(x_l))        interval, quantised to 2^-20, 0 on padding
+    t_l   = Δ_1 + ... + Δ_l                          clock, float64
+    M     = floor(t_L)                               compressed length, floor(κ·L) <= M <= L
+    e_j   = min{ l : t_l >= j }                      emitter of sample j (each element emits at most one)
+    x~_j  = Σ_{n = e_j-K+1 .. e_j}  a(j - t_n) ⊙ x_n           compression over K neighbours
+    y_l   = c(t_l - m_l) ⊙ y~_{m_l},   m_l = floor(t_l)         decompression (0 when m_l = 0)
+    a(δ)  = W_a · φ(δ) + b_a,   c(δ) = W_c · ψ(δ) + b_c           learnable Gaussian bases
+
+The bidirectional variant (classification) takes the K elements around each grid point in
+time and decompresses from the nearest grid point: m_l = clamp(round(t_l), 1, M).
+
+Glossary (shapes):
+    b batch, l length, d hidden size, M compressed length (max over the batch), K neighbours,
+    G basis functions.
+
+Causality: x~_j reads elements up to e_j only, and y_l reads y~_{floor(t_l)}, which was
+emitted at or before l. Gradients reach θ_Δ through the times t_n inside the bases; the
+integer choices (floor, searchsorted) have none.
+
+Every function takes the state left by the previous chunk (empty for a fresh sequence), so the
+same code serves the full forward pass, prefill and a cached multi-token continuation.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .state import ResamplingState
+
+# Each Δ is a multiple of 2^-20: sums of such numbers are exact in float64 (up to t = 2^33), so
+# the clock, and every floor taken of it, is identical however it is summed (DESIGN.md section 3).
+CLOCK_QUANTUM = 2.0**-20
+
+
+class GaussianBasis(nn.Module):
+    """f(δ) = W · φ(δ) + b with φ_g(δ) = exp(-(δ - μ_g)² / (2 σ_g²)), g = 1..G, one output per channel."""
+
+    def __init__(self, num_basis, channels, low, high, bias_value):
+        super().__init__()
+        self.centers = nn.Parameter(torch.empty(num_basis))
+        self.log_widths = nn.Parameter(torch.empty(num_basis))
+        self.weight = nn.Parameter(torch.empty(channels, num_basis))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.low, self.high, self.bias_value = low, high, bias_value
+        with torch.no_grad():
+            for name, value in self.initial_parameters().items():
+                self.get_parameter(name).copy_(value)
+
+    def initial_parameters(self):
+        num_basis, channels = self.weight.shape[1], self.weight.shape[0]
+        spacing = (self.high - self.low) / max(num_basis - 1, 1)
+        return {
+            "centers": torch.linspace(self.low, self.high, num_basis),
+            "log_widths": torch.full((num_basis,), math.log(spacing)),
+            "weight": torch.randn(channels, num_basis) * 0.02,
+            "bias": torch.full((channels,), float(self.bias_value)),
+        }
+
+    def forward(self, gaps):
+        """gaps (...) float -> (..., channels)."""
+        features = torch.exp(-0.5 * ((gaps.unsqueeze(-1) - self.centers) / self.log_widths.exp()) ** 2)
+        return F.linear(features, self.weight, self.bias)
+
+
+class SelectivityNetwork(nn.Module):
+    """θ_Δ: a linear map from an element to one logit, evaluated in float64.
+
+    float64 makes the batched (parallel) and the single-token (generation) evaluation agree to
+    ~1e-16, far below the 2^-20 grid Δ is rounded to, so both paths pick the same grid point.
+    """
+
+    def __init__(self, hidden_size, bias_init=-3.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(1, hidden_size))
+        self.bias = nn.Parameter(torch.empty(1))
+        self.bias_init = bias_init
+        with torch.no_grad():
+            for name, value in self.initial_parameters().items():
+                self.get_parameter(name).copy_(value)
+
+    def initial_parameters(self):
+        # A negative bias starts the branch near its nominal rate (sigmoid(-3) ≈ 0.05).
+        return {"weight": torch.randn_like(self.weight) * 0.02, "bias": torch.full((1,), self.bias_init)}
+
+    def forward(self, x):
+        """x (..., d) -> logits (...,) float64."""
+        return F.linear(x.double(), self.weight.double(), self.bias.double()).squeeze(-1)
+
+
+def _rows(tensor, index):
+    """tensor (b, n, ...) indexed per row by index (b, ...) -> (b, ..., ...)."""
+    batch = torch.arange(tensor.shape[0], device=tensor.device).view(-1, *([1] * (index.dim() - 1)))
+    return tensor[batch, index]
+
+
+class SelectiveResampler(nn.Module):
+    def __init__(self, hidden_size, compression_rate, num_neighbors, num_basis, causal=True, delta_bias_init=-3.0):
+        super().__init__()
+        if not 0.0 < compression_rate < 1.0:
+            raise ValueError(f"a resampling branch needs a compression rate in (0, 1), got {compression_rate}")
+        self.compression_rate = compression_rate
+        self.num_neighbors = num_neighbors
+        self.causal = causal
+        # The smallest Δ after quantisation: rounding must never go below κ, or floor(κ·L) <= M could fail.
+        self.min_delta = math.ceil(compression_rate / CLOCK_QUANTUM) * CLOCK_QUANTUM
+        self.selectivity = SelectivityNetwork(hidden_size, delta_bias_init)  # θ_Δ
+        gap_range = (-1.0, float(num_neighbors)) if causal else (-num_neighbors / 2 - 1.0, num_neighbors / 2 + 1.0)
+        self.compression_basis = GaussianBasis(num_basis, hidden_size, *gap_range, bias_value=1.0 / num_neighbors)
+        self.decompression_basis = GaussianBasis(
+            num_basis, hidden_size, *((0.0, 1.0) if causal else (-0.5, 0.5)), bias_value=1.0
+        )
+
+    def empty_state(self, batch_size, device, dtype=torch.float32):
+        hidden = self.selectivity.weight.shape[1]
+        zeros64 = torch.zeros(batch_size, device=device, dtype=torch.float64)
+        return ResamplingState(
+            neighbor_inputs=torch.zeros(batch_size, self.num_neighbors, hidden, device=device, dtype=dtype),
+            neighbor_times=torch.zeros(batch_size, self.num_neighbors, device=device, dtype=torch.float64),
+            clock=zeros64,
+            emitted=zeros64.clone(),
+            last_output=torch.zeros(batch_size, hidden, device=device, dtype=dtype),
+        )
+
+    def deltas(self, x, valid=None):
+        """Δ (...,) float64 from x (..., d): κ + (1-κ)·sigmoid(θ_Δ(x)), quantised straight-through."""
+        delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(self.selectivity(x))
+        quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(min=self.min_delta, max=1.0)
+        delta = delta + (quantised - delta).detach()
+        if valid is not None:
+            delta = delta * valid
+        return delta
+
+    def compress(self, x, times, state):
+        """x (b, l, d) with padding zeroed; times (b, l) float64 (absolute clock) -> samples (b, M, d), valid (b, M).
+
+        Also returns the number of new samples per row (b,) long.
+        """
+        batch, length, _ = x.shape
+        K = self.num_neighbors
+        end_clock = times[:, -1] if length > 0 else state.clock
+        if self.causal:
+            total = torch.floor(end_clock)
+        else:
+            total = torch.floor(end_clock).clamp(min=1.0)
+        new_counts = (total - state.emitted).long()
+        width = int(new_counts.max()) if batch > 0 else 0  # the one host synchronisation of the branch
+        grid = state.emitted.unsqueeze(-1) + torch.arange(1, width + 1, device=x.device, dtype=torch.float64)
+        sample_valid = torch.arange(width, device=x.device) < new_counts.unsqueeze(-1)
+        # Index of the first element whose time reaches each grid point (the emitter, causal case).
+        first = torch.searchsorted(times.contiguous(), grid.contiguous(), side="left")
+        if self.causal:
+            # Neighbour window e_j-K+1 .. e_j, in coordinates of [K remembered elements, x]: always in range.
+            inputs = torch.cat([state.neighbor_inputs, x], dim=1)
+            all_times = torch.cat([state.neighbor_times, times], dim=1)
+            index = first.clamp(max=max(length - 1, 0)).unsqueeze(-1) + K - torch.arange(K, device=x.device)
+            in_range = None
+        else:
+            # K elements around the grid point (centred window), clipped at the sequence ends.
+            inputs, all_times = x, times
+            index = first.unsqueeze(-1) - K // 2 + torch.arange(K, device=x.device)
+            in_range = (index >= 0) & (index < length)
+            index = index.clamp(0, max(length - 1, 0))
+        if inputs.shape[1] == 0:
+            return x.new_zeros(batch, width, x.shape[-1]), sample_valid, new_counts
+        neighbors = _rows(inputs, index)  # (b, M, K, d)
+        gaps = (grid.unsqueeze(-1) - _rows(all_times, index)).to(x.dtype)
+        weights = self.compression_basis(gaps)
+        if in_range is not None:
+            weights = weights * in_range.unsqueeze(-1)
+        samples = (weights * neighbors).sum(dim=2) * sample_valid.unsqueeze(-1)
+        return samples, sample_valid, new_counts
+
+    def decompress(self, outputs, times, state, new_counts):
+        """outputs (b, M, d) from the SSM; times (b, l) -> (b, l, d), and the new last_output (b, d)."""
+        if self.causal:
+            latest = torch.floor(times)
+            # Row 0 of the table is y~ of the previous chunk's last sample (zero for a fresh sequence).
+            table = torch.cat([state.last_output.unsqueeze(1).to(outputs.dtype), outputs], dim=1)
+            index = (latest - state.emitted.unsqueeze(-1)).long()
+            read = _rows(table, index) * (latest > 0).unsqueeze(-1)
+            last_output = _rows(table, new_counts)
+        else:
+            total = (state.emitted + new_counts).unsqueeze(-1).to(times.dtype)
+            latest = torch.minimum(torch.round(times).clamp(min=1.0), total)
+            read = _rows(outputs, (latest - 1).long())
+            last_output = state.last_output
+        scale = self.decompression_basis((times - latest).to(outputs.dtype))
+        return scale * read, last_output
+
+    def advance(self, x, times, state, new_counts, last_output):
+        """State after a chunk: last K elements and times, the clock, the emitted count."""
+        K = self.num_neighbors
+        return ResamplingState(
+            neighbor_inputs=torch.cat([state.neighbor_inputs, x], dim=1)[:, -K:],
+            neighbor_times=torch.cat([state.neighbor_times, times], dim=1)[:, -K:],
+            clock=times[:, -1] if times.shape[1] > 0 else state.clock,
+            emitted=state.emitted + new_counts,
+            last_output=last_output,
+        )
+
+    def step_compress(self, x, valid, state):
+        """One element x (b, d) -> (sample x~ (b, d) built as if it emits, emits (b,) bool, advanced state).
+
+        The caller runs the SSM on x~ only where `emits` and then stores the output in last_output.
+        """
+        delta = self.deltas(x, valid)
+        clock = state.clock + delta
+        neighbor_inputs = torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1)
+        neighbor_times = torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1)
+        emits = torch.floor(clock) > state.emitted
+        grid = state.emitted + 1.0
+        gaps = (grid.unsqueeze(-1) - neighbor_times).to(x.dtype)
+        sample = (self.compression_basis(gaps) * neighbor_inputs).sum(dim=1)
+        advanced = ResamplingState(
+            neighbor_inputs=neighbor_inputs,
+            neighbor_times=neighbor_times,
+            clock=clock,
+            emitted=torch.where(emits, grid, state.emitted),
+            last_output=state.last_output,
+        )
+        return sample, emits, advanced
+
+    def step_decompress(self, state):
+        """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m, 0 before any sample."""
+        scale = self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype))
+        return scale * state.last_output * (state.emitted > 0).unsqueeze(-1)

@@ -1,0 +1,72 @@
+"""Recurrent state of one branch for token-by-token generation (DESIGN.md section 3).
+
+Every tensor has the batch as its first axis, so a cache can reorder, select or expand rows
+(beam search, `num_return_sequences`) with one generic `map`. Sizes never depend on how many
+tokens were generated.
+
+    MixerState        conv (b, d_inner, conv_kernel)   last inputs of the causal convolution
+                      ssm  (b, d_inner, n)             SSM state h, float32
+    ResamplingState   neighbor_inputs (b, K, hidden)   last K elements x_n (oldest first)
+                      neighbor_times  (b, K) float64   their clock times t_n
+                      clock           (b,)   float64   t, the sum of all Δ so far
+                      emitted         (b,)   float64   m, the number of compressed samples so far
+                      last_output     (b, hidden)      y~_m, the SSM output of the latest sample
+"""
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+class _Rows:
+    """Shared helpers: apply a function to every tensor, or pick per-row between two states."""
+
+    def map(self, fn):
+        return type(self)(**{f.name: _map(getattr(self, f.name), fn) for f in fields(self)})
+
+    def where(self, rows, other):
+        """Rows where `rows` (b,) is True come from self, the others from `other`."""
+        values = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, torch.Tensor):
+                mask = rows.view(-1, *([1] * (mine.dim() - 1)))
+                values[f.name] = torch.where(mask, mine, theirs)
+            else:
+                values[f.name] = mine.where(rows, theirs) if mine is not None else None
+        return type(self)(**values)
+
+    def tensors(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif value is not None:
+                yield from value.tensors()
+
+
+def _map(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    return None if value is None else value.map(fn)
+
+
+@dataclass
+class MixerState(_Rows):
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+@dataclass
+class ResamplingState(_Rows):
+    neighbor_inputs: torch.Tensor
+    neighbor_times: torch.Tensor
+    clock: torch.Tensor
+    emitted: torch.Tensor
+    last_output: torch.Tensor
+
+
+@dataclass
+class BranchState(_Rows):
+    mixer: MixerState
+    resampling: ResamplingState | None = None

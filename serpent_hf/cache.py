@@ -1,0 +1,76 @@
+"""SeRpEntCache: the recurrent state of every layer and branch, for `generate()`.
+
+It holds, per layer and branch, the state of DESIGN.md section 3 (`modeling.state`): last K
+elements and their times, the clock, the emitted count, the SSM conv and ssm states and the
+last compressed output. Its size is fixed by the batch size and the config; it never grows
+with the number of generated tokens.
+
+It deliberately does not subclass transformers' `Cache`: the attention-cache internals
+(`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
+transformers releases, and generate() only needs what is here: a `reorder_cache` for beam
+search and the cache returned under `past_key_values`.
+"""
+
+import torch
+
+
+def config_signature(config):
+    """The fields a cache's tensors depend on: a cache built for one signature cannot serve another."""
+    return (
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        config.state_size,
+        config.conv_kernel,
+        tuple(config.compression_rates),
+        config.num_neighbors,
+        config.ssm_type,
+    )
+
+
+class SeRpEntCache:
+    is_compileable = False  # read by generate(); the state is updated out of place, not in fixed buffers
+
+    def __init__(self, config, layer_states, num_tokens=0):
+        self.signature = config_signature(config)
+        self.layer_states = layer_states  # list (layers) of list (branches) of BranchState
+        self.num_tokens = num_tokens  # tokens consumed so far (including left padding)
+
+    @property
+    def batch_size(self):
+        return next(self.tensors()).shape[0]
+
+    def tensors(self):
+        for layer in self.layer_states:
+            for state in layer:
+                yield from state.tensors()
+
+    def get_seq_length(self, layer_idx=0):
+        return self.num_tokens
+
+    def check_compatible(self, config, batch_size):
+        """Raise a ValueError naming the mismatch if this cache cannot continue `config` at this batch size."""
+        expected = config_signature(config)
+        if self.signature != expected:
+            names = ("num_hidden_layers", "hidden_size", "intermediate_size", "state_size", "conv_kernel",
+                     "compression_rates", "num_neighbors", "ssm_type")
+            diffs = [f"{n}: cache {a} vs model {b}" for n, a, b in zip(names, self.signature, expected) if a != b]
+            raise ValueError("past_key_values was built for another model config (" + "; ".join(diffs) + ")")
+        if self.batch_size != batch_size:
+            raise ValueError(f"past_key_values holds {self.batch_size} rows but the input has {batch_size}")
+
+    def _apply(self, fn):
+        self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]
+
+    def reorder_cache(self, beam_idx):
+        """Beam search: row i of the new state is row beam_idx[i] of the old one."""
+        self._apply(lambda tensor: tensor.index_select(0, beam_idx.to(tensor.device)))
+
+    def batch_repeat_interleave(self, repeats):
+        self._apply(lambda tensor: tensor.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices):
+        self._apply(lambda tensor: tensor[indices])
+
+    def memory_bytes(self):
+        return sum(tensor.numel() * tensor.element_size() for tensor in self.tensors())

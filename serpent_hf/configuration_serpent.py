@@ -1,0 +1,120 @@
+"""SeRpEntConfig: every hyperparameter of a SeRpEnt model, validated on creation.
+
+Mamba's fields keep transformers' `MambaConfig` names and defaults; SeRpEnt adds the branch
+rates κ (`compression_rates`), the neighbour count K (`num_neighbors`), the basis size G
+(`num_basis`), the initial bias of the selectivity network θ_Δ (`delta_bias_init`) and the SSM
+family (`ssm_type`). `intermediate_size` and `time_step_rank` are derived here and nowhere else.
+"""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+
+@strict(accept_kwargs=True)
+class SeRpEntConfig(PretrainedConfig):
+    r"""
+    Args:
+        vocab_size: size of the vocabulary.
+        hidden_size: width of the residual stream (d).
+        num_hidden_layers: number of SeRpEnt blocks.
+        state_size: SSM state size per channel (N).
+        expand: d_inner = expand · hidden_size inside the Mamba mixer.
+        conv_kernel: width of the mixer's causal depthwise convolution.
+        compression_rates: one branch per rate κ in (0, 1]; 1.0 is the plain SSM branch.
+        num_neighbors: K, elements combined into each compressed sample.
+        num_basis: G, Gaussian basis functions of the compression and decompression weights.
+        delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate).
+        ssm_type: "mamba" (language modelling) or "s4d" (Long Range Arena).
+        bidirectional: non-causal resampling (sequence classification only).
+        use_kernels: None = mamba-ssm CUDA kernels when available, True = require, False = PyTorch only.
+
+    Example:
+
+    ```python
+    >>> from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
+    >>> model = SeRpEntForCausalLM(SeRpEntConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256))
+    ```
+    """
+
+    model_type = "serpent"
+
+    vocab_size: int = 50280
+    hidden_size: int = 768
+    num_hidden_layers: int = 24
+    state_size: int = 16
+    expand: int = 2
+    conv_kernel: int = 4
+    compression_rates: list[float] | tuple[float, ...] = (1.0, 0.5, 0.25)
+    num_neighbors: int = 4
+    num_basis: int = 8
+    delta_bias_init: float = -3.0
+    ssm_type: str = "mamba"
+    bidirectional: bool = False
+    use_kernels: bool | None = None
+    layer_norm_epsilon: float = 1e-5
+    use_bias: bool = False
+    use_conv_bias: bool = True
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    residual_in_fp32: bool = True
+    time_step_rank: str | int = "auto"
+    time_step_scale: float = 1.0
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_init_scheme: str = "random"
+    time_step_floor: float = 1e-4
+    rescale_prenorm_residual: bool = False
+    pooling: str = "mean"
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.compression_rates = [float(rate) for rate in self.compression_rates]
+        self.intermediate_size = int(self.expand * self.hidden_size)
+        if self.time_step_rank == "auto":
+            self.time_step_rank = math.ceil(self.hidden_size / 16)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Called by `@strict` on creation and on every load: bad values fail here, with their name."""
+        super().validate_architecture()
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel",
+                    "num_neighbors", "num_basis", "time_step_rank")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SeRpEntConfig.{name} must be a positive integer, got {value!r}")
+        rates = self.compression_rates
+        if len(rates) == 0:
+            raise ValueError("SeRpEntConfig.compression_rates must name at least one branch rate, got []")
+        for rate in rates:
+            if not 0.0 < rate <= 1.0:
+                raise ValueError(f"SeRpEntConfig.compression_rates entries must lie in (0, 1], got {rate} in {rates}")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"SeRpEntConfig.compression_rates must not repeat a rate, got {rates}")
+        if self.ssm_type not in ("mamba", "s4d"):
+            raise ValueError(f"SeRpEntConfig.ssm_type must be 'mamba' or 's4d', got {self.ssm_type!r}")
+        if self.hidden_act != "silu":
+            raise ValueError(f"SeRpEntConfig.hidden_act must be 'silu' (Mamba's gate), got {self.hidden_act!r}")
+        if self.time_step_init_scheme not in ("random", "constant"):
+            raise ValueError(
+                f"SeRpEntConfig.time_step_init_scheme must be 'random' or 'constant', got {self.time_step_init_scheme!r}"
+            )
+        if not 0.0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(
+                f"SeRpEntConfig needs 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
+            )
+        if self.pooling not in ("mean", "last"):
+            raise ValueError(f"SeRpEntConfig.pooling must be 'mean' or 'last', got {self.pooling!r}")
+
+    @property
+    def layer_types(self):
+        return ["linear_attention"] * self.num_hidden_layers
+
+
+__all__ = ["SeRpEntConfig"]

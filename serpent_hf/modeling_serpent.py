@@ -1,0 +1,284 @@
+"""SeRpEnt as a transformers model: pretrained base, base model, causal LM and classifier heads.
+
+The architecture lives in `modeling/` (plain PyTorch); this file adds what transformers users
+expect: config-driven construction, weight initialisation, safetensors save/load, gradient
+checkpointing, a loss, `generate()` through `SeRpEntCache`, and input validation that names
+the problem.
+
+    SeRpEntModel:        embeddings -> SeRpEntBlock × num_hidden_layers -> RMSNorm (norm_f)
+    SeRpEntForCausalLM:  SeRpEntModel -> lm_head (tied to the embeddings by default)
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.utils import ModelOutput
+
+from modeling import GaussianBasis, MambaMixer, RMSNorm, SeRpEntBlock, SelectivityNetwork
+
+from .cache import SeRpEntCache
+from .configuration_serpent import SeRpEntConfig
+
+
+@dataclass
+class SeRpEntModelOutput(ModelOutput):
+    """
+    last_hidden_state: (batch, length, hidden_size) after the final norm.
+    past_key_values: SeRpEntCache with the state after the last token (when use_cache).
+    hidden_states: the input of every block and the final output (when output_hidden_states).
+    compressed_lengths: (layers, batch, branches) compressed samples each branch produced in this call.
+    deltas: (layers, batch, branches, length) Δ of every element (when output_deltas), 0 on padding.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: SeRpEntCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    compressed_lengths: torch.Tensor | None = None
+    deltas: torch.Tensor | None = None
+
+
+@dataclass
+class SeRpEntCausalLMOutput(ModelOutput):
+    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as SeRpEntModelOutput."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: SeRpEntCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    compressed_lengths: torch.Tensor | None = None
+    deltas: torch.Tensor | None = None
+
+
+class SeRpEntPreTrainedModel(PreTrainedModel):
+    config_class = SeRpEntConfig
+    config: SeRpEntConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["SeRpEntBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, (MambaMixer, SelectivityNetwork, GaussianBasis)):
+            for name, value in module.initial_parameters().items():
+                parameter = module.get_parameter(name)
+                init.copy_(parameter, value.to(parameter.device, parameter.dtype))
+        if isinstance(module, MambaMixer):
+            # Mamba's choices: PyTorch's default (Kaiming-uniform) conv and output projection.
+            init.kaiming_uniform_(module.conv1d.weight, a=5**0.5)
+            if module.conv1d.bias is not None:
+                init.zeros_(module.conv1d.bias)
+            init.kaiming_uniform_(module.out_proj.weight, a=5**0.5)
+            if self.config.rescale_prenorm_residual:
+                module.out_proj.weight /= self.config.num_hidden_layers**0.5
+
+
+class SeRpEntModel(SeRpEntPreTrainedModel):
+    def __init__(self, config: SeRpEntConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            SeRpEntBlock(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
+        )
+        self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.embeddings = new_embeddings
+
+    def empty_cache(self, batch_size, device=None, dtype=None):
+        device = device or self.embeddings.weight.device
+        dtype = dtype or self.embeddings.weight.dtype
+        return SeRpEntCache(self.config, [layer.empty_state(batch_size, device, dtype) for layer in self.layers])
+
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if length == 0 and (cache is None or cache.num_tokens == 0):
+            raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
+        if input_ids is not None and input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        if cache is not None:
+            cache.check_compatible(self.config, batch)
+        if attention_mask is not None:
+            past = 0 if cache is None else cache.num_tokens
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] not in (
+                length,
+                past + length,
+            ):
+                expected = f"({batch}, {length})" + (f" or ({batch}, {past + length})" if past else "")
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected {expected} to match the input"
+                )
+            return attention_mask[:, -length:].bool() if length > 0 else None
+        return None
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        past_key_values=None,
+        use_cache=None,
+        output_hidden_states=None,
+        output_deltas=False,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        attention_mask: (batch, length), or (batch, past + length) with a cache; 0 marks padding, which
+            does not move the clock and is invisible to every real token.
+        past_key_values: a SeRpEntCache to continue from (returned by the previous call with use_cache=True).
+        output_deltas: also return Δ of every element, per layer and branch.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, past_key_values)
+        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length = hidden_states.shape[:2]
+
+        cache = past_key_values
+        resuming = cache is not None and cache.num_tokens > 0
+        single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
+        all_hidden_states = () if output_hidden_states else None
+        lengths, deltas = [], []
+        new_states = []
+        for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            previous = cache.layer_states[index] if resuming else None
+            if single_step:
+                step_output, state = layer.step(hidden_states[:, 0], previous)
+                hidden_states = step_output.unsqueeze(1)
+                stats = None
+            elif self.gradient_checkpointing and self.training:
+                hidden_states, state, stats = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, valid, previous, use_cache
+                )
+            else:
+                hidden_states, state, stats = layer(hidden_states, valid, previous, use_cache or cache is not None)
+            new_states.append(state)
+            if stats is not None:
+                lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
+                if output_deltas:
+                    deltas.append(torch.stack([s.deltas for s in stats], dim=1))
+        hidden_states = self.norm_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        if cache is not None:
+            cache.layer_states = new_states
+            cache.num_tokens += length
+        elif use_cache:
+            cache = SeRpEntCache(self.config, new_states, num_tokens=length)
+        output = SeRpEntModelOutput(
+            last_hidden_state=hidden_states,
+            past_key_values=cache if (use_cache or past_key_values is not None) else None,
+            hidden_states=all_hidden_states,
+            compressed_lengths=torch.stack(lengths) if lengths else None,
+            deltas=torch.stack(deltas) if deltas else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: SeRpEntConfig):
+        super().__init__(config)
+        self.model = SeRpEntModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.model.set_input_embeddings(new_embeddings)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        # generate() must not create an attention DynamicCache: the first forward creates a SeRpEntCache.
+        return False
+
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, use_cache=True, **kwargs
+    ):
+        """Feed only the tokens the cache has not consumed yet (all of them before the first call)."""
+        consumed = past_key_values.num_tokens if past_key_values is not None else 0
+        if inputs_embeds is not None and consumed == 0:
+            model_inputs = {"inputs_embeds": inputs_embeds, "input_ids": None}
+        else:
+            model_inputs = {"input_ids": input_ids[:, consumed:].contiguous()}
+        if attention_mask is not None and not (consumed > 0 and input_ids.shape[1] - consumed == 1):
+            model_inputs["attention_mask"] = attention_mask  # generated tokens are never padding
+        model_inputs.update(past_key_values=past_key_values, use_cache=use_cache)
+        for key in ("logits_to_keep", "output_hidden_states", "output_deltas"):
+            if key in kwargs:
+                model_inputs[key] = kwargs[key]
+        return model_inputs
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        past_key_values=None,
+        labels=None,
+        use_cache=None,
+        output_hidden_states=None,
+        output_deltas=False,
+        return_dict=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        r"""
+        labels: (batch, length) token ids; shifted inside (position l predicts labels[l+1]); -100 is ignored.
+        logits_to_keep: if an int > 0, compute logits for the last that many positions only (generation);
+            if a 1D tensor, the positions to keep.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_deltas=output_deltas,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep]).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = SeRpEntCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            compressed_lengths=outputs.compressed_lengths,
+            deltas=outputs.deltas,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["SeRpEntForCausalLM", "SeRpEntModel", "SeRpEntPreTrainedModel"]

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random models that run in milliseconds on a CPU."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def tiny_config(**overrides):
+    fields = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2, conv_kernel=4,
+                  compression_rates=[1.0, 0.5, 0.25], num_neighbors=3, num_basis=4,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    fields.update(overrides)
+    return SeRpEntConfig(**fields)
+
+
+def tiny_model(seed=0, **overrides):
+    """A random model whose selectivity network is not at its initial (nearly constant) Δ,
+    so the resampling decisions actually depend on the tokens."""
+    torch.manual_seed(seed)
+    model = SeRpEntForCausalLM(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for branch in layer.branches:
+                if branch.resampler is not None:
+                    branch.resampler.selectivity.weight.normal_(0.0, 1.0)
+                    branch.resampler.selectivity.bias.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture
+def model():
+    return tiny_model()

@@ -1,0 +1,90 @@
+"""Invariants of causal selective resampling (DESIGN.md sections 1 and 3)."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modeling import CLOCK_QUANTUM, SelectiveResampler
+
+from .conftest import tiny_model
+
+
+def random_resampler(rate, seed, hidden=8, neighbors=3):
+    torch.manual_seed(seed)
+    resampler = SelectiveResampler(hidden, rate, neighbors, num_basis=4)
+    with torch.no_grad():
+        resampler.selectivity.weight.normal_(0, 2.0)
+        resampler.selectivity.bias.normal_(0, 1.0)
+    return resampler
+
+
+@settings(max_examples=40, deadline=None)
+@given(rate=st.floats(0.05, 0.95), length=st.integers(1, 200), seed=st.integers(0, 10_000))
+def test_compressed_length_lies_between_floor_rate_times_length_and_length(rate, length, seed):
+    resampler = random_resampler(rate, seed)
+    x = torch.randn(2, length, 8)
+    deltas = resampler.deltas(x)
+    assert bool(((deltas >= rate) & (deltas <= 1.0)).all())
+    times = torch.cumsum(deltas, -1)
+    samples, _, counts = resampler.compress(x, times, resampler.empty_state(2, x.device))
+    assert samples.shape[1] == int(counts.max())
+    assert bool((counts >= math.floor(rate * length)).all()) and bool((counts <= length).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(rate=st.floats(0.05, 0.95), length=st.integers(2, 150), seed=st.integers(0, 10_000))
+def test_each_element_emits_at_most_one_sample(rate, length, seed):
+    resampler = random_resampler(rate, seed)
+    times = torch.cumsum(resampler.deltas(torch.randn(1, length, 8)), -1)[0]
+    emitted_per_element = torch.diff(torch.floor(times), prepend=torch.zeros(1, dtype=times.dtype))
+    assert set(emitted_per_element.tolist()) <= {0.0, 1.0}
+    grid = torch.arange(1, int(times[-1]) + 1, dtype=torch.float64)
+    emitters = torch.searchsorted(times, grid)
+    assert bool((torch.diff(emitters) > 0).all())  # distinct emitters, in order
+
+
+def test_clock_is_bit_identical_however_it_is_summed():
+    resampler = random_resampler(0.3, seed=3)
+    deltas = resampler.deltas(torch.randn(1, 5000, 8))[0].detach()
+    assert bool((torch.remainder(deltas, CLOCK_QUANTUM) == 0).all())
+    parallel = torch.cumsum(deltas, 0)
+    sequential, clock = [], torch.zeros((), dtype=torch.float64)
+    for delta in deltas:  # one Δ per generated token, as in decoding
+        clock = clock + delta
+        sequential.append(clock)
+    assert torch.equal(parallel, torch.stack(sequential))
+    shuffled = deltas[torch.randperm(len(deltas))]
+    assert torch.equal(shuffled.sum(), parallel[-1])
+    assert torch.equal(deltas.flip(0).cumsum(0)[-1], parallel[-1])
+
+
+def test_padding_does_not_move_the_clock():
+    resampler = random_resampler(0.5, seed=4)
+    valid = torch.tensor([[False, False, True, True, True]])
+    deltas = resampler.deltas(torch.randn(1, 5, 8), valid)
+    assert deltas[0, :2].tolist() == [0.0, 0.0] and bool((deltas[0, 2:] >= 0.5).all())
+
+
+def test_left_padded_row_gives_the_same_outputs_as_the_unpadded_row():
+    model = tiny_model(seed=5)
+    ids = torch.randint(3, 97, (1, 23))
+    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 23, dtype=torch.long)], 1)
+    with torch.no_grad():
+        alone = model(ids).logits
+        together = model(padded, attention_mask=mask)
+    torch.testing.assert_close(together.logits[:, 6:], alone, atol=1e-5, rtol=1e-5)
+    assert bool((together.compressed_lengths[:, 0, 0] == 23).all())
+
+
+def test_gradients_reach_every_selectivity_network():
+    model = tiny_model(seed=6).train()
+    ids = torch.randint(3, 97, (2, 40))
+    model(ids, labels=ids).loss.backward()
+    for layer in model.model.layers:
+        for branch in layer.branches:
+            if branch.resampler is not None:
+                gradient = branch.resampler.selectivity.weight.grad
+                assert gradient is not None and float(gradient.abs().sum()) > 0
