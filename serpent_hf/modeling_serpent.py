@@ -154,7 +154,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         batch, length = hidden_states.shape[:2]
 
         cache = past_key_values
-        resuming = cache is not None and cache.num_tokens > 0
+        # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
+        resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
         all_hidden_states = () if output_hidden_states else None
         lengths, deltas = [], []

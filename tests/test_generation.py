@@ -1,0 +1,174 @@
+"""Token-by-token generation through SeRpEntCache is exact, in every generate() mode (DESIGN.md section 3)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from serpent_hf import SeRpEntCache
+
+from .conftest import tiny_model
+
+RATE_SETS = [[1.0], [1.0, 0.5, 0.25], [0.3], [1.0, 0.9, 0.1], [0.5, 0.7]]
+
+
+def stepwise_logits(model, ids, prefill):
+    """Prefill `prefill` tokens in one parallel call (an empty cache when 0), then one token per call."""
+    if prefill > 0:
+        out = model(ids[:, :prefill], use_cache=True)
+        cache, pieces = out.past_key_values, [out.logits]
+    else:
+        cache, pieces = model.model.empty_cache(ids.shape[0]), []
+    for position in range(prefill, ids.shape[1]):
+        pieces.append(model(ids[:, position : position + 1], past_key_values=cache).logits)
+    return torch.cat(pieces, dim=1), cache
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rates=st.sampled_from(RATE_SETS),
+    length=st.integers(1, 40),
+    prefill=st.integers(0, 6),  # 0..K+2 for K = 4, and below the conv kernel (4)
+    neighbors=st.integers(1, 4),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 1000),
+)
+def test_generation_matches_forward(rates, length, prefill, neighbors, batch, seed):
+    model = tiny_model(seed=seed, compression_rates=rates, num_neighbors=neighbors)
+    ids = torch.randint(3, 97, (batch, length))
+    with torch.no_grad():
+        full = model(ids).logits
+        stepped, cache = stepwise_logits(model, ids, min(prefill, length))
+    assert (stepped - full).abs().max().item() < 1e-4
+    assert cache.num_tokens == length
+
+
+@settings(max_examples=15, deadline=None)
+@given(rates=st.sampled_from(RATE_SETS), cuts=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+       seed=st.integers(0, 1000))
+def test_cached_multi_token_continuation_matches_forward(rates, cuts, seed):
+    """A cached call with several new tokens continues the state (a bug that once dropped it in transformers)."""
+    model = tiny_model(seed=seed, compression_rates=rates)
+    ids = torch.randint(3, 97, (2, sum(cuts) + 1))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache, pieces, start = None, [], 0
+        for cut in cuts + [1]:
+            out = model(ids[:, start : start + cut], past_key_values=cache, use_cache=True)
+            cache, start = out.past_key_values, start + cut
+            pieces.append(out.logits)
+    assert (torch.cat(pieces, 1) - full).abs().max().item() < 1e-4
+
+
+def test_clock_after_stepping_is_bit_identical_to_the_parallel_clock():
+    model = tiny_model(seed=7)
+    ids = torch.randint(3, 97, (2, 50))
+    with torch.no_grad():
+        parallel = model(ids, use_cache=True).past_key_values
+        _, stepped = stepwise_logits(model, ids, prefill=3)
+    for layer_p, layer_s in zip(parallel.layer_states, stepped.layer_states):
+        for state_p, state_s in zip(layer_p, layer_s):
+            if state_p.resampling is not None:
+                assert torch.equal(state_p.resampling.clock, state_s.resampling.clock)
+                assert torch.equal(state_p.resampling.emitted, state_s.resampling.emitted)
+
+
+def test_greedy_generate_of_a_left_padded_batch_equals_each_row_alone():
+    model = tiny_model(seed=8)
+    rows = [torch.randint(3, 97, (n,)) for n in (9, 4, 13)]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, **kwargs)[:, width:]
+        for i, row in enumerate(rows):
+            alone = model.generate(row[None], **kwargs)[0, len(row) :]
+            assert torch.equal(batched[i], alone)
+
+
+def test_beam_search_scores_equal_full_forward_log_probabilities():
+    model = tiny_model(seed=9)
+    prompt = torch.randint(3, 97, (2, 7))
+    penalty = 1.5
+    with torch.no_grad():
+        out = model.generate(
+            prompt, num_beams=3, num_return_sequences=3, max_new_tokens=6, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, length_penalty=penalty, eos_token_id=None, pad_token_id=0,
+        )
+        sequences = out.sequences
+        log_probs = torch.log_softmax(model(sequences).logits, dim=-1)
+    new = sequences[:, prompt.shape[1] :]
+    token_log_probs = log_probs[:, prompt.shape[1] - 1 : -1].gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    expected = token_log_probs.sum(-1) / new.shape[1] ** penalty
+    torch.testing.assert_close(out.sequences_scores, expected, atol=1e-4, rtol=1e-4)
+    assert len({tuple(s.tolist()) for s in sequences[:3]}) == 3  # the beams really differ
+
+
+def test_sampling_modes_run_through_the_cache_and_respect_the_seed():
+    model = tiny_model(seed=10)
+    prompt = torch.randint(3, 97, (2, 5))
+    kwargs = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=10, num_return_sequences=2,
+                  eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    first = model.generate(prompt, **kwargs)
+    torch.manual_seed(0)
+    second = model.generate(prompt, **kwargs)
+    assert first.shape == (4, 15) and torch.equal(first, second)
+    assert torch.equal(first[0::2, :5], prompt) and torch.equal(first[1::2, :5], prompt)
+
+
+def test_cache_memory_is_constant_in_the_number_of_generated_tokens():
+    model = tiny_model(seed=11)
+    prompt = torch.randint(3, 97, (2, 6))
+    sizes = []
+    for new_tokens in (1, 10, 100):
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
+        assert isinstance(out.past_key_values, SeRpEntCache)
+        assert out.past_key_values.num_tokens == 6 + new_tokens - 1  # the last token is never fed back
+        sizes.append(out.past_key_values.memory_bytes())
+    assert sizes[0] == sizes[1] == sizes[2] > 0
+
+
+def test_stopping_criteria_and_streamer():
+    model = tiny_model(seed=12)
+    vocab = {f"w{i}": i for i in range(97)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), pad_token="w0", eos_token="w2"
+    )
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+
+    class StopAfter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= 9, dtype=torch.bool)
+
+    class Recorder(TextStreamer):
+        def on_finalized_text(self, text, stream_end=False):
+            self.seen = getattr(self, "seen", "") + text
+
+    streamer = Recorder(tokenizer, skip_prompt=True)
+    prompt = tokenizer("w5 w6 w7 w8", return_tensors="pt").input_ids
+    out = model.generate(prompt, max_new_tokens=20, do_sample=False, streamer=streamer, eos_token_id=None,
+                         stopping_criteria=StoppingCriteriaList([StopAfter()]), pad_token_id=0)
+    assert out.shape[1] == 9
+    assert streamer.seen.split() == tokenizer.decode(out[0, 4:]).split()
+
+
+def test_generation_errors_name_the_problem():
+    model = tiny_model(seed=13)
+    with pytest.raises(ValueError, match="empty input"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.generate(torch.tensor([[5, 500]]), max_new_tokens=2)
+    other = tiny_model(seed=13, compression_rates=[1.0, 0.5])
+    cache = other(torch.tensor([[5, 6]]), use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="another model config.*compression_rates"):
+        model(torch.tensor([[7]]), past_key_values=cache)
+    cache = model(torch.tensor([[5, 6]]), use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="holds 1 rows but the input has 2"):
+        model(torch.tensor([[7], [8]]), past_key_values=cache)
