@@ -4,6 +4,7 @@ Read in this order, which is the order of DESIGN.md:
     scan.py          the selective scan (reference, linear-time forward and backward)
     kernels.py       dispatch to mamba-ssm's CUDA kernels when they can run
     mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
+    s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
     branch.py        resample -> SSM -> decompress at one compression rate
     block.py         RMSNorm, branches, concat projection, residual
@@ -14,7 +15,8 @@ from .block import RMSNorm, SeRpEntBlock
 from .branch import Branch, BranchStatistics
 from .mamba_mixer import MambaMixer
 from .resampling import CLOCK_QUANTUM, GaussianBasis, SelectiveResampler, SelectivityNetwork
-from .state import BranchState, MixerState, ResamplingState
+from .s4d import S4DMixer
+from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
     "CLOCK_QUANTUM",
@@ -26,6 +28,8 @@ __all__ = [
     "MixerState",
     "RMSNorm",
     "ResamplingState",
+    "S4DMixer",
+    "S4DState",
     "SeRpEntBlock",
     "SelectiveResampler",
     "SelectivityNetwork",

@@ -10,8 +10,9 @@ For one branch with compression rate κ (kappa) in (0, 1):
     y_l   = c(t_l - m_l) ⊙ y~_{m_l},   m_l = floor(t_l)         decompression (0 when m_l = 0)
     a(δ)  = W_a · φ(δ) + b_a,   c(δ) = W_c · ψ(δ) + b_c           learnable Gaussian bases
 
-The bidirectional variant (classification) takes the K elements around each grid point in
-time and decompresses from the nearest grid point: m_l = clamp(round(t_l), 1, M).
+The bidirectional variant (classification) builds x~_j from the K real elements nearest to
+s_j = j in time, on both sides, and decompresses from the nearest grid point,
+m_l = clamp(floor(t_l + 1/2), 1, M), with M = max(floor(t_L), 1) so every row has a sample.
 
 Glossary (shapes):
     b batch, l length, d hidden size, M compressed length (max over the batch), K neighbours,
@@ -93,6 +94,40 @@ class SelectivityNetwork(nn.Module):
         return F.linear(x.double(), self.weight.double(), self.bias.double()).squeeze(-1)
 
 
+def nearest_neighbors(times, grid, num_neighbors):
+    """The K real elements nearest in time to each grid point (bidirectional compression).
+
+    times (b, l) float64, the clock of a fresh sequence (padding repeats its neighbour's time);
+    grid (b, M) float64. Returns index (b, M, K) into l and in_range (b, M, K) bool, False where a
+    row has fewer than K real elements.
+
+    Real elements are those that move the clock (Δ >= κ > 0; padding has Δ = 0), so their times
+    strictly increase and the K nearest to a point s form a window [w, w + K). Sliding the window
+    one step right pays while the element it drops is farther from s than the one it takes,
+    s - t_w > t_{w+K} - s; that test is true, then false, as w grows, so w is where it turns
+    false. With e the first element at or after s, it is true for every w < e - K and false for
+    every w >= e, leaving K candidates to test.
+    """
+    batch, length = times.shape
+    K = num_neighbors
+    positions = torch.arange(length, device=times.device)
+    real = torch.diff(times, dim=-1, prepend=times.new_zeros(batch, 1)) > 0
+    first_real = torch.where(real, positions, length).amin(dim=-1, keepdim=True).unsqueeze(-1)  # (b, 1, 1)
+    end_real = torch.where(real, positions + 1, 0).amax(dim=-1, keepdim=True).unsqueeze(-1)
+    emitter = torch.searchsorted(times.contiguous(), grid.contiguous(), side="left")  # e, (b, M)
+    candidates = emitter.unsqueeze(-1) - K + torch.arange(K, device=times.device)  # (b, M, K)
+    leaving = _rows(times, candidates.clamp(0, length - 1))
+    entering = _rows(times, (candidates + K).clamp(0, length - 1))
+    point = grid.unsqueeze(-1)
+    slide = (point - leaving) > (entering - point)
+    # Windows must lie among the real elements: slide past any start before the first, never past the last.
+    slide = (slide | (candidates < first_real)) & (candidates + K < end_real)
+    lowest, highest = first_real[..., 0], torch.maximum(end_real[..., 0] - K, first_real[..., 0])
+    start = torch.minimum(torch.maximum(emitter - K + slide.sum(dim=-1), lowest), highest)
+    index = start.unsqueeze(-1) + torch.arange(K, device=times.device)
+    return index.clamp(max=length - 1), index < end_real
+
+
 def _rows(tensor, index):
     """tensor (b, n, ...) indexed per row by index (b, ...) -> (b, ..., ...)."""
     batch = torch.arange(tensor.shape[0], device=tensor.device).view(-1, *([1] * (index.dim() - 1)))
@@ -152,22 +187,19 @@ class SelectiveResampler(nn.Module):
         width = int(new_counts.max()) if batch > 0 else 0  # the one host synchronisation of the branch
         grid = state.emitted.unsqueeze(-1) + torch.arange(1, width + 1, device=x.device, dtype=torch.float64)
         sample_valid = torch.arange(width, device=x.device) < new_counts.unsqueeze(-1)
-        # Index of the first element whose time reaches each grid point (the emitter, causal case).
-        first = torch.searchsorted(times.contiguous(), grid.contiguous(), side="left")
+        if length == 0:  # an empty chunk: nothing to gather (a causal one emits nothing)
+            return x.new_zeros(batch, width, x.shape[-1]), sample_valid, new_counts
         if self.causal:
+            # Emitter e_j: the first element whose time reaches grid point j.
+            first = torch.searchsorted(times.contiguous(), grid.contiguous(), side="left")
             # Neighbour window e_j-K+1 .. e_j, in coordinates of [K remembered elements, x]: always in range.
             inputs = torch.cat([state.neighbor_inputs, x], dim=1)
             all_times = torch.cat([state.neighbor_times, times], dim=1)
-            index = first.clamp(max=max(length - 1, 0)).unsqueeze(-1) + K - torch.arange(K, device=x.device)
+            index = first.clamp(max=length - 1).unsqueeze(-1) + K - torch.arange(K, device=x.device)
             in_range = None
         else:
-            # K elements around the grid point (centred window), clipped at the sequence ends.
             inputs, all_times = x, times
-            index = first.unsqueeze(-1) - K // 2 + torch.arange(K, device=x.device)
-            in_range = (index >= 0) & (index < length)
-            index = index.clamp(0, max(length - 1, 0))
-        if inputs.shape[1] == 0:
-            return x.new_zeros(batch, width, x.shape[-1]), sample_valid, new_counts
+            index, in_range = nearest_neighbors(times, grid, K)
         neighbors = _rows(inputs, index)  # (b, M, K, d)
         gaps = (grid.unsqueeze(-1) - _rows(all_times, index)).to(x.dtype)
         weights = self.compression_basis(gaps)
@@ -187,7 +219,8 @@ class SelectiveResampler(nn.Module):
             last_output = _rows(table, new_counts)
         else:
             total = (state.emitted + new_counts).unsqueeze(-1).to(times.dtype)
-            latest = torch.minimum(torch.round(times).clamp(min=1.0), total)
+            # floor(t + 1/2), not torch.round, which rounds ties to even (2.5 -> 2 but 3.5 -> 4).
+            latest = torch.minimum(torch.floor(times + 0.5).clamp(min=1.0), total)
             read = _rows(outputs, (latest - 1).long())
             last_output = state.last_output
         scale = self.decompression_basis((times - latest).to(outputs.dtype))

@@ -6,6 +6,7 @@ tokens were generated.
 
     MixerState        conv (b, d_inner, conv_kernel)   last inputs of the causal convolution
                       ssm  (b, d_inner, n)             SSM state h, float32
+    S4DState          ssm  (b, d, n/2) complex64       S4D state h (one of each conjugate pair)
     ResamplingState   neighbor_inputs (b, K, hidden)   last K elements x_n (oldest first)
                       neighbor_times  (b, K) float64   their clock times t_n
                       clock           (b,)   float64   t, the sum of all Δ so far
@@ -54,6 +55,11 @@ def _map(value, fn):
 @dataclass
 class MixerState(_Rows):
     conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+@dataclass
+class S4DState(_Rows):
     ssm: torch.Tensor
 
 

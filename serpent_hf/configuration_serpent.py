@@ -3,7 +3,9 @@
 Mamba's fields keep transformers' `MambaConfig` names and defaults; SeRpEnt adds the branch
 rates κ (`compression_rates`), the neighbour count K (`num_neighbors`), the basis size G
 (`num_basis`), the initial bias of the selectivity network θ_Δ (`delta_bias_init`) and the SSM
-family (`ssm_type`). `intermediate_size` and `time_step_rank` are derived here and nowhere else.
+family (`ssm_type`); the S4D backend and the classifier add `s4d_init`, `s4d_dt_min`,
+`s4d_dt_max`, `dropout` and `pair_classification`. `intermediate_size` and `time_step_rank` are
+derived here and nowhere else.
 """
 
 import math
@@ -27,8 +29,14 @@ class SeRpEntConfig(PretrainedConfig):
         num_basis: G, Gaussian basis functions of the compression and decompression weights.
         delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate).
         ssm_type: "mamba" (language modelling) or "s4d" (Long Range Arena).
-        bidirectional: non-causal resampling (sequence classification only).
+        bidirectional: non-causal model for sequence classification: resampling windows on both sides of
+            each grid point, and an S4D backend runs its kernel in both directions. No cache (use_cache is False).
         use_kernels: None = mamba-ssm CUDA kernels when available, True = require, False = PyTorch only.
+        s4d_init: "lin" (A_n = -1/2 + iπn) or "inv" (A_n = -1/2 + i(N/π)(N/(2n+1) - 1)), Gu et al. 2022.
+        s4d_dt_min, s4d_dt_max: range of the log-uniform initial S4D step size Δ, one per channel.
+        dropout: dropout after the S4D layer's activation (S4's placement).
+        pair_classification: the classifier encodes two sequences with the same encoder and classifies
+            [u, v, u⊙v, u-v] with an MLP (LRA Retrieval).
 
     Example:
 
@@ -53,6 +61,11 @@ class SeRpEntConfig(PretrainedConfig):
     ssm_type: str = "mamba"
     bidirectional: bool = False
     use_kernels: bool | None = None
+    s4d_init: str = "lin"
+    s4d_dt_min: float = 0.001
+    s4d_dt_max: float = 0.1
+    dropout: float = 0.0
+    pair_classification: bool = False
     layer_norm_epsilon: float = 1e-5
     use_bias: bool = False
     use_conv_bias: bool = True
@@ -78,6 +91,8 @@ class SeRpEntConfig(PretrainedConfig):
         self.intermediate_size = int(self.expand * self.hidden_size)
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
+        if self.bidirectional:
+            self.use_cache = False  # a non-causal model reads the future: there is no state to continue from
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -109,6 +124,19 @@ class SeRpEntConfig(PretrainedConfig):
             raise ValueError(
                 f"SeRpEntConfig needs 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
             )
+        if self.ssm_type == "s4d" and self.state_size % 2:
+            raise ValueError(
+                "SeRpEntConfig.state_size must be even with ssm_type 's4d' (N/2 complex conjugate pairs), "
+                f"got {self.state_size}"
+            )
+        if self.s4d_init not in ("lin", "inv"):
+            raise ValueError(f"SeRpEntConfig.s4d_init must be 'lin' or 'inv', got {self.s4d_init!r}")
+        if not 0.0 < self.s4d_dt_min <= self.s4d_dt_max:
+            raise ValueError(
+                f"SeRpEntConfig needs 0 < s4d_dt_min <= s4d_dt_max, got {self.s4d_dt_min}, {self.s4d_dt_max}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SeRpEntConfig.dropout must lie in [0, 1), got {self.dropout}")
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"SeRpEntConfig.pooling must be 'mean' or 'last', got {self.pooling!r}")
 

@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.generation import GenerationMixin
 from transformers.utils import ModelOutput
 
-from modeling import GaussianBasis, MambaMixer, RMSNorm, SeRpEntBlock, SelectivityNetwork
+from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork
 
 from .cache import SeRpEntCache
 from .configuration_serpent import SeRpEntConfig
@@ -64,7 +64,7 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, (MambaMixer, SelectivityNetwork, GaussianBasis)):
+        if isinstance(module, (MambaMixer, S4DMixer, SelectivityNetwork, GaussianBasis)):
             for name, value in module.initial_parameters().items():
                 parameter = module.get_parameter(name)
                 init.copy_(parameter, value.to(parameter.device, parameter.dtype))
