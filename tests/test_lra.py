@@ -175,6 +175,13 @@ def test_classifier_forward_loss_and_save_load(tmp_path):
             assert torch.equal(loaded.eval()(ids, attention_mask=mask).logits, output.logits)
 
 
+def test_bidirectional_configs_have_no_cache_and_the_base_model_runs_by_default():
+    model = classifier()
+    assert model.config.use_cache is False  # a non-causal model has no state to continue from
+    output = model.model(torch.randint(3, 97, (2, 12)))  # eval mode, default arguments: no cache requested
+    assert output.past_key_values is None and output.last_hidden_state.shape == (2, 12, 32)
+
+
 def test_classifier_follows_problem_type():
     model = classifier(num_labels=1)
     output = model(torch.randint(3, 97, (2, 9)), labels=torch.tensor([0.5, -1.0]))
@@ -225,7 +232,7 @@ def test_lra_configs_build_and_baselines_match_parameter_counts():
 def test_ssm_parameters_get_the_ssm_learning_rate():
     model = classifier()
     optimizer = build_optimizer(model, learning_rate=0.01, weight_decay=0.05, ssm_learning_rate=0.001)
-    ssm, decay, no_decay = optimizer.param_groups
+    decay, no_decay, ssm = optimizer.param_groups
     mixer = model.model.layers[0].branches[0].mixer
     assert ssm["lr"] == 0.001 and ssm["weight_decay"] == 0.0
     assert any(p is mixer.log_dt for p in ssm["params"]) and any(p is mixer.C for p in decay["params"])

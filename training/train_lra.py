@@ -96,10 +96,11 @@ def build_optimizer(model, learning_rate, weight_decay, ssm_learning_rate):
             groups["decay"].append(parameter)
         else:
             groups["no_decay"].append(parameter)
+    # The main group first: the Trainer logs the learning rate of group 0.
     return torch.optim.AdamW([
-        {"params": groups["ssm"], "lr": ssm_learning_rate, "weight_decay": 0.0},
         {"params": groups["decay"], "lr": learning_rate, "weight_decay": weight_decay},
         {"params": groups["no_decay"], "lr": learning_rate, "weight_decay": 0.0},
+        {"params": groups["ssm"], "lr": ssm_learning_rate, "weight_decay": 0.0},
     ], lr=learning_rate)
 
 
