@@ -12,41 +12,91 @@ Why a custom autograd function: writing the recurrence as a Python loop that ind
 the backward pass, so the backward costs O(L²) (this is what transformers' torch fallback
 does). Here the forward loop writes each step into a preallocated time-major buffer and the
 backward runs the adjoint recurrence in reverse, so both cost O(L · b · d · n) with one
-small kernel launch per step. Everything runs in float32 (the SSM is sensitive to rounding).
+small kernel launch per step, and the gradients of Δ, x, A, B, C are computed by hand,
+chunk by chunk, from recomputed states. Everything runs in float32 (the SSM is sensitive
+to rounding).
 """
 
 import torch
 
 
-class LinearRecurrence(torch.autograd.Function):
-    """h_t = a_t ⊙ h_{t-1} + u_t over the leading (time) axis, from h_{-1} = initial.
+# Time steps per chunk are chosen so that one chunk of an (l, b, d, n) tensor is about this many
+# float32 values (8 MiB): the chunk's decay, states and gradients stay in the CPU caches.
+CHUNK_ELEMENTS = 1 << 21
 
-    a, u: (l, b, d, n) time-major, contiguous.  initial: (b, d, n).  Returns h: (l, b, d, n).
+
+def _chunk_forward(delta, x, A, B, previous):
+    """States of one chunk.  delta, x (T, b, d); B (T, b, n); previous (b, d, n) -> decay, states (T, b, d, n)."""
+    decay = torch.exp(delta.unsqueeze(-1) * A)
+    states = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # the drive (Δ_t x_t) ⊗ B_t, overwritten by h_t
+    for t in range(delta.shape[0]):
+        torch.addcmul(states[t], decay[t], previous, out=states[t])
+        previous = states[t]
+    return decay, states
+
+
+class SelectiveScan(torch.autograd.Function):
+    """The scan with its readout, h_t = exp(Δ_t·A) ⊙ h_{t-1} + (Δ_t·x_t) ⊗ B_t,  r_t = h_t · C_t.
+
+    Inputs are time-major: delta, x (l, b, d); A (d, n); B, C (l, b, n); initial (b, d, n).
+    Returns the readout r (l, b, d) and the final state (b, d, n).
+
+    Time is cut into chunks. The forward pass keeps only the state entering each chunk; the
+    backward pass recomputes one chunk's decay and states from it, runs the adjoint recurrence
+    over the chunk and turns it into gradients by multiply-and-reduce (batched matmuls where
+    the shapes allow). Memory is O(chunk · b · d · n + l · b · d) instead of O(l · b · d · n),
+    and the time per token does not grow with l.
     """
 
     @staticmethod
-    def forward(ctx, a, u, initial):
-        states = torch.empty_like(u)
-        previous = initial
-        for t in range(u.shape[0]):
-            torch.addcmul(u[t], a[t], previous, out=states[t])
-            previous = states[t]
-        ctx.save_for_backward(a, states, initial)
-        return states
+    def forward(ctx, delta, x, A, B, C, initial):
+        length = delta.shape[0]
+        chunk = max(1, CHUNK_ELEMENTS // max(1, initial.numel()))
+        readout = delta.new_empty(delta.shape)
+        entering, state = [], initial
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            entering.append(state)
+            _, states = _chunk_forward(delta[start:stop], x[start:stop], A, B[start:stop], state)
+            torch.matmul(states, C[start:stop].unsqueeze(-1), out=readout[start:stop].unsqueeze(-1))
+            state = states[-1].clone()
+        ctx.chunk = chunk
+        ctx.save_for_backward(delta, x, A, B, C, *entering)
+        return readout, state.clone() if length == 0 else state
 
     @staticmethod
-    def backward(ctx, grad_states):
-        a, states, initial = ctx.saved_tensors
-        grad_states = grad_states.contiguous()
-        # Adjoint recurrence: g_t = grad_h_t + a_{t+1} ⊙ g_{t+1}; then ∂u_t = g_t and ∂a_t = g_t ⊙ h_{t-1}.
-        grad_u = torch.empty_like(grad_states)
-        carry = torch.zeros_like(initial)
-        for t in range(grad_states.shape[0] - 1, -1, -1):
-            torch.add(grad_states[t], carry, out=grad_u[t])
-            carry = a[t] * grad_u[t]
-        previous_states = torch.cat([initial.unsqueeze(0), states[:-1]], dim=0)
-        grad_a = grad_u * previous_states
-        return grad_a, grad_u, carry
+    def backward(ctx, grad_readout, grad_final):
+        delta, x, A, B, C, *entering = ctx.saved_tensors
+        chunk, length = ctx.chunk, delta.shape[0]
+        grad_readout = grad_readout.contiguous()
+        grad_delta, grad_x = torch.empty_like(delta), torch.empty_like(x)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        grad_A = torch.zeros_like(A)
+        carry = grad_final.contiguous() if grad_final is not None else torch.zeros_like(entering[0])
+        for index in range((length + chunk - 1) // chunk - 1, -1, -1):
+            start, stop = index * chunk, min(index * chunk + chunk, length)
+            previous = entering[index]
+            decay, states = _chunk_forward(delta[start:stop], x[start:stop], A, B[start:stop], previous)
+            # Adjoint recurrence: g_t = C_t ⊗ ∂r_t + exp(Δ_{t+1}·A) ⊙ g_{t+1}.
+            grad_states = torch.empty_like(states)
+            for t in range(stop - start - 1, -1, -1):
+                torch.addcmul(carry, grad_readout[start + t].unsqueeze(-1), C[start + t].unsqueeze(1),
+                              out=grad_states[t])
+                carry = decay[t] * grad_states[t]
+            piece = slice(start, stop)
+            grad_C[piece] = torch.matmul(grad_readout[piece].unsqueeze(-2), states).squeeze(-2)  # Σ_d ∂r ⊙ h
+            grad_scaled_input = torch.matmul(grad_states, B[piece].unsqueeze(-1)).squeeze(-1)  # Σ_n g ⊙ B
+            scaled_input = delta[piece] * x[piece]
+            grad_B[piece] = torch.matmul(scaled_input.unsqueeze(-2), grad_states).squeeze(-2)  # Σ_d g ⊙ Δx
+            # ∂(Δ·A) = g_t ⊙ h_{t-1} ⊙ exp(Δ_t·A); h_{t-1} is the previous state within the chunk.
+            grad_exponent = grad_states
+            grad_exponent[1:].mul_(states[:-1])
+            grad_exponent[0].mul_(previous)
+            grad_exponent.mul_(decay)
+            grad_A += (grad_exponent * delta[piece].unsqueeze(-1)).sum(dim=(0, 1))
+            grad_delta[piece] = grad_exponent.mul_(A).sum(-1) + grad_scaled_input * x[piece]
+            grad_x[piece] = grad_scaled_input * delta[piece]
+        return grad_delta, grad_x, grad_A, grad_B, grad_C, carry
 
 
 def selective_scan(x, delta, A, B, C, D, initial_state=None):
@@ -61,13 +111,14 @@ def selective_scan(x, delta, A, B, C, D, initial_state=None):
     batch, length, channels = x.shape
     if initial_state is None:
         initial_state = x.new_zeros(batch, channels, A.shape[-1])
-    delta_t = delta.transpose(0, 1)  # (l, b, d): each time step is one contiguous slab
-    decay = torch.exp(delta_t.unsqueeze(-1) * A.float())  # (l, b, d, n)
-    drive = (delta_t * x.transpose(0, 1)).unsqueeze(-1) * B.transpose(0, 1).unsqueeze(2)  # (l, b, d, n)
-    states = LinearRecurrence.apply(decay.contiguous(), drive.contiguous(), initial_state.float())
-    y = torch.einsum("lbdn,bln->bld", states, C) + x * D.float()
-    final_state = states[-1] if length > 0 else initial_state.float()
-    return y, final_state
+
+    def time_major(tensor):  # (b, l, ...) -> contiguous (l, b, ...): one time step per memory slab
+        return tensor.transpose(0, 1).contiguous()
+
+    readout, final_state = SelectiveScan.apply(
+        time_major(delta), time_major(x), A.float(), time_major(B), time_major(C), initial_state.float()
+    )
+    return readout.transpose(0, 1) + x * D.float(), final_state
 
 
 def selective_state_update(state, x, delta, A, B, C, D):

@@ -2,28 +2,49 @@
 
 import torch
 
-from modeling.scan import LinearRecurrence, selective_scan, selective_state_update
+from modeling.scan import SelectiveScan, selective_scan, selective_state_update
 
 
-def naive_recurrence(a, u, initial):
-    states, h = [], initial
-    for t in range(a.shape[0]):
-        h = a[t] * h + u[t]
-        states.append(h)
-    return torch.stack(states)
+def naive_scan(delta, x, A, B, C, initial):
+    """The recurrence written plainly (time-major inputs), differentiated by autograd."""
+    readouts, h = [], initial
+    for t in range(delta.shape[0]):
+        h = torch.exp(delta[t].unsqueeze(-1) * A) * h + (delta[t] * x[t]).unsqueeze(-1) * B[t].unsqueeze(1)
+        readouts.append((h * C[t].unsqueeze(1)).sum(-1))
+    return torch.stack(readouts), h
 
 
-def test_linear_recurrence_gradients_match_autograd():
-    torch.manual_seed(0)
-    a = torch.rand(7, 2, 3, 4, dtype=torch.float64, requires_grad=True)
-    u = torch.randn(7, 2, 3, 4, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(LinearRecurrence.apply, (a, u, h0))
-    weights = torch.randn(7, 2, 3, 4, dtype=torch.float64)
-    grads = torch.autograd.grad((LinearRecurrence.apply(a, u, h0) * weights).sum(), (a, u, h0))
-    expected = torch.autograd.grad((naive_recurrence(a, u, h0) * weights).sum(), (a, u, h0))
+def scan_inputs(length, seed):
+    torch.manual_seed(seed)
+    l, b, d, n = length, 2, 3, 4
+    return (
+        torch.rand(l, b, d, dtype=torch.float64, requires_grad=True),
+        torch.randn(l, b, d, dtype=torch.float64, requires_grad=True),
+        (-torch.rand(d, n, dtype=torch.float64) - 0.1).requires_grad_(),
+        torch.randn(l, b, n, dtype=torch.float64, requires_grad=True),
+        torch.randn(l, b, n, dtype=torch.float64, requires_grad=True),
+        torch.randn(b, d, n, dtype=torch.float64, requires_grad=True),
+    )
+
+
+def test_selective_scan_gradients_match_autograd_of_the_plain_recurrence():
+    inputs = scan_inputs(7, seed=0)
+    assert torch.autograd.gradcheck(SelectiveScan.apply, inputs)
+    readout, final = SelectiveScan.apply(*inputs)
+    expected_readout, expected_final = naive_scan(*inputs)
+    torch.testing.assert_close(readout, expected_readout)
+    torch.testing.assert_close(final, expected_final)
+    weights = torch.randn_like(readout), torch.randn_like(final)
+    grads = torch.autograd.grad((readout * weights[0]).sum() + (final * weights[1]).sum(), inputs)
+    expected = torch.autograd.grad(
+        (expected_readout * weights[0]).sum() + (expected_final * weights[1]).sum(), inputs
+    )
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_selective_scan_of_one_step_has_gradients():
+    assert torch.autograd.gradcheck(SelectiveScan.apply, scan_inputs(1, seed=1))
 
 
 def test_scan_equals_step_by_step_updates():
@@ -50,3 +71,18 @@ def test_zero_delta_is_an_identity_step():
     delta_skipped[:, 2:] = 0
     _, final_skipped = selective_scan(x, delta_skipped, A, B, C, D)
     torch.testing.assert_close(final, final_skipped)
+
+
+def test_chunked_scan_equals_one_chunk(monkeypatch):
+    """Chunk boundaries (state handed over, recomputed in backward) change nothing."""
+    inputs = scan_inputs(11, seed=2)
+    whole = SelectiveScan.apply(*inputs)
+    whole_grads = torch.autograd.grad(whole[0].sum() + whole[1].pow(2).sum(), inputs)
+    monkeypatch.setattr("modeling.scan.CHUNK_ELEMENTS", 2 * 3 * 4 * 3)  # 3 time steps per chunk
+    chunked = SelectiveScan.apply(*inputs)
+    chunked_grads = torch.autograd.grad(chunked[0].sum() + chunked[1].pow(2).sum(), inputs)
+    torch.testing.assert_close(chunked[0], whole[0])
+    torch.testing.assert_close(chunked[1], whole[1])
+    for got, want in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(SelectiveScan.apply, inputs)
