@@ -88,9 +88,20 @@ class Branch(nn.Module):
             y, mixer_state = self.mixer.step(x, state.mixer)
             return y, BranchState(mixer=mixer_state)
         sample, emits, resampling = self.resampler.step_compress(x, None, state.resampling)
-        # Every row runs the SSM step; only rows that emit a sample keep its result.
-        output, stepped = self.mixer.step(sample, state.mixer)
-        mixer_state = stepped.where(emits, state.mixer)
-        resampling.last_output = torch.where(emits.unsqueeze(-1), output.to(resampling.last_output.dtype),
-                                             resampling.last_output)
+        last_output = resampling.last_output
+        if emits.device.type == "cpu":
+            # On a CPU, reading `emits` costs nothing (there is no device to wait for), and most rows
+            # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.
+            rows = emits.nonzero().squeeze(-1)
+            mixer_state = state.mixer
+            if rows.numel() > 0:
+                output, stepped = self.mixer.step(sample[rows], state.mixer.map(lambda tensor: tensor[rows]))
+                mixer_state = state.mixer.replace_rows(rows, stepped)
+                resampling.last_output = last_output.index_copy(0, rows, output.to(last_output.dtype))
+        else:
+            # On a GPU a data-dependent branch would be a host synchronisation per token: every row
+            # runs the SSM step and `where` keeps it for the rows that emit.
+            output, stepped = self.mixer.step(sample, state.mixer)
+            mixer_state = stepped.where(emits, state.mixer)
+            resampling.last_output = torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output)
         return self.resampler.step_decompress(resampling), BranchState(mixer=mixer_state, resampling=resampling)

@@ -146,7 +146,7 @@ class MambaMixer(nn.Module):
         """One element.  hidden_states (b, hidden); state: MixerState -> ((b, hidden), new MixerState)."""
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         conv = torch.cat([state.conv[..., 1:], x.unsqueeze(-1).to(state.conv.dtype)], dim=-1)
-        x = torch.einsum("bdk,dk->bd", conv.to(x.dtype), self.conv1d.weight[:, 0])
+        x = (conv.to(x.dtype) * self.conv1d.weight[:, 0]).sum(-1)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x)

@@ -166,7 +166,7 @@ class SelectiveResampler(nn.Module):
         """Δ (...,) float64 from x (..., d): κ + (1-κ)·sigmoid(θ_Δ(x)), quantised straight-through."""
         delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(self.selectivity(x))
         quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(min=self.min_delta, max=1.0)
-        delta = delta + (quantised - delta).detach()
+        delta = delta + (quantised - delta).detach() if delta.requires_grad else quantised
         if valid is not None:
             delta = delta * valid
         return delta

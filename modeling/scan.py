@@ -128,5 +128,5 @@ def selective_state_update(state, x, delta, A, B, C, D):
     """
     decay = torch.exp(delta.float().unsqueeze(-1) * A.float())
     state = decay * state + (delta.float() * x.float()).unsqueeze(-1) * B.float().unsqueeze(1)
-    y = torch.einsum("bdn,bn->bd", state, C.float()) + x.float() * D.float()
+    y = torch.matmul(state, C.float().unsqueeze(-1)).squeeze(-1) + x.float() * D.float()
     return y, state

@@ -37,6 +37,17 @@ class _Rows:
                 values[f.name] = mine.where(rows, theirs) if mine is not None else None
         return type(self)(**values)
 
+    def replace_rows(self, rows, other):
+        """A copy of self whose rows `rows` (k,) are taken from `other` (a state of k rows)."""
+        values = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, torch.Tensor):
+                values[f.name] = mine.index_copy(0, rows, theirs.to(mine.dtype))
+            else:
+                values[f.name] = mine.replace_rows(rows, theirs) if mine is not None else None
+        return type(self)(**values)
+
     def tensors(self):
         for f in fields(self):
             value = getattr(self, f.name)
