@@ -24,6 +24,11 @@ class BranchStatistics:
     compressed_lengths: torch.Tensor
 
 
+def host_reads_are_free(device):
+    """Whether reading a tensor's values on the host costs no device synchronisation (a CPU tensor)."""
+    return device.type == "cpu"
+
+
 def build_mixer(config):
     """The SSM of a branch, chosen by `config.ssm_type`."""
     if config.ssm_type == "mamba":
@@ -83,13 +88,13 @@ class Branch(nn.Module):
         return y, new_state, BranchStatistics(deltas, new_counts)
 
     def step(self, x, state):
-        """One element x (b, d) -> (y (b, d), new BranchState). No host synchronisation."""
+        """One element x (b, d) -> (y (b, d), new BranchState). No host synchronisation on a GPU."""
         if self.resampler is None:
             y, mixer_state = self.mixer.step(x, state.mixer)
             return y, BranchState(mixer=mixer_state)
         sample, emits, resampling = self.resampler.step_compress(x, None, state.resampling)
         last_output = resampling.last_output
-        if emits.device.type == "cpu":
+        if host_reads_are_free(emits.device):
             # On a CPU, reading `emits` costs nothing (there is no device to wait for), and most rows
             # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.
             rows = emits.nonzero().squeeze(-1)
