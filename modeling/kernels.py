@@ -1,60 +1,93 @@
-"""Kernel dispatch: the one place that decides between mamba-ssm's CUDA kernels and PyTorch.
+"""Kernel dispatch: the one place that decides between the CUDA kernels and PyTorch.
 
-`mamba_ssm` is optional (extra `cuda`) and is imported lazily, the first time a CUDA tensor
-asks for it, never at module load. A missing or broken install (no package, a compiled
-extension that fails to load) falls back to the PyTorch reference with one warning.
+Kernels come from the optional packages `mamba-ssm` and `causal-conv1d` (extra `cuda`). They
+are imported lazily, the first time a CUDA tensor asks for them, never at module load. A
+missing or broken install (no package, a compiled extension that fails to load) falls back to
+the PyTorch reference with one warning per reason.
 
-`use_kernels`: None = use the kernels when they can run, True = require them (error if they
-cannot), False = always PyTorch.
+Every function here has the contract of its PyTorch reference, so the model calls one name and
+does not care which runs.
+
+`use_kernels` (from the config): None = kernels when they can run, True = require them (error
+if they cannot), False = PyTorch only.
+
+    operation                       kernel                                  reference
+    scan over a sequence            mamba_ssm selective_scan_fn             scan.selective_scan
+    scan step (decoding)            mamba_ssm selective_state_update        scan.selective_state_update
+    causal depthwise conv           causal_conv1d_fn                        F.conv1d
+    conv step (decoding)            causal_conv1d_update                    shift + dot product
+    whole mixer in training         mamba_ssm mamba_inner_fn                (the mixer's own forward)
 """
 
 import functools
+import importlib
 import warnings
 
-from .scan import selective_scan
+import torch
+import torch.nn.functional as F
+
+from .scan import selective_scan, selective_state_update
 
 
 class KernelsUnavailableError(ImportError):
     pass
 
 
+KERNELS = {
+    "selective_scan_fn": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "mamba_inner_fn": ("mamba_ssm.ops.selective_scan_interface", "mamba_inner_fn"),
+    "selective_state_update": ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
+    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def _load_selective_scan_kernel():
-    """Returns (selective_scan_fn, None) or (None, reason)."""
+def _load(name):
+    """(function, None) or (None, reason)."""
+    module_name, attribute = KERNELS[name]
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return getattr(importlib.import_module(module_name), attribute), None
     except Exception as error:  # ImportError, or OSError/RuntimeError from a broken compiled extension
-        return None, f"{type(error).__name__}: {error}"
-    return selective_scan_fn, None
+        return None, f"{module_name}.{attribute}: {type(error).__name__}: {error}"
 
 
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(reason):
     warnings.warn(
-        "mamba-ssm CUDA kernels are unavailable, using the PyTorch selective scan "
-        f"(install the `cuda` extra: pip install 'serpent-hf[cuda]'). Reason: {reason}",
-        stacklevel=3,
+        "CUDA kernels are unavailable, using the PyTorch path (install the `cuda` extra: "
+        f"pip install 'serpent-hf[cuda]', see the README). Reason: {reason}",
+        stacklevel=4,
     )
 
 
+def kernel(name, tensor, use_kernels):
+    """The kernel `name` if it should run on `tensor`, else None (after one warning where it was expected)."""
+    if use_kernels is False:
+        return None
+    if not tensor.is_cuda:
+        if use_kernels is True:
+            raise KernelsUnavailableError(f"use_kernels=True needs CUDA tensors; the model is on {tensor.device}")
+        return None
+    function, reason = _load(name)
+    if function is None:
+        if use_kernels is True:
+            raise KernelsUnavailableError(f"use_kernels=True but {reason}")
+        _warn_fallback(reason)
+    return function
+
+
 def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernels=None):
-    """Same contract as `scan.selective_scan`: x, delta (b, l, d); B, C (b, l, n) -> y (b, l, d), final state.
+    """Contract of `scan.selective_scan`: x, delta (b, l, d); B, C (b, l, n) -> y (b, l, d), final state.
 
     The CUDA kernel starts from a zero state, so a scan that continues from a cached state
-    (multi-token forward with a cache) always runs the reference.
+    (a multi-token forward with a cache) runs the reference.
     """
-    if use_kernels is False or not x.is_cuda or initial_state is not None:
-        if use_kernels is True and not x.is_cuda:
-            raise KernelsUnavailableError("use_kernels=True needs CUDA tensors; the model is on " + str(x.device))
-        return selective_scan(x, delta, A, B, C, D, initial_state)
-    kernel, reason = _load_selective_scan_kernel()
-    if kernel is None:
-        if use_kernels is True:
-            raise KernelsUnavailableError(f"use_kernels=True but mamba-ssm cannot be imported ({reason})")
-        _warn_fallback(reason)
+    function = kernel("selective_scan_fn", x, use_kernels) if initial_state is None else None
+    if function is None:
         return selective_scan(x, delta, A, B, C, D, initial_state)
     # Kernel layout is channels-first: u, delta (b, d, l); B, C (b, n, l). Δ is final (softplus done, 0 on skipped steps).
-    y, last_state = kernel(
+    y, last_state = function(
         x.transpose(1, 2).contiguous(),
         delta.transpose(1, 2).contiguous(),
         A.float().contiguous(),
@@ -65,3 +98,56 @@ def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernel
         return_last_state=True,
     )
     return y.transpose(1, 2), last_state
+
+
+def selective_state_update_dispatch(state, x, delta, A, B, C, D, use_kernels=None):
+    """Contract of `scan.selective_state_update`: returns y (b, d) and a new state; `state` is not modified."""
+    function = kernel("selective_state_update", x, use_kernels)
+    if function is None:
+        return selective_state_update(state, x, delta, A, B, C, D)
+    new_state = state.clone()  # the kernel updates in place; callers keep the old state (emitting rows only)
+    y = function(new_state, x, delta, A, B, C, D.float(), dt_softplus=False)
+    return y.float(), new_state
+
+
+def causal_conv_dispatch(context, weight, bias, use_kernels=None):
+    """silu(depthwise causal conv) of context (b, d, k-1+l) whose first k-1 columns are history -> (b, d, l)."""
+    width = weight.shape[-1]
+    function = kernel("causal_conv1d_fn", context, use_kernels)
+    if function is None:
+        return F.silu(F.conv1d(context, weight, bias, groups=weight.shape[0]))
+    # The kernel pads causally by itself; the last l outputs see only the given context.
+    return function(context.contiguous(), weight[:, 0], bias, activation="silu")[..., width - 1 :]
+
+
+def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None):
+    """One conv step: conv_state (b, d, k) holds the last k inputs; x (b, d) -> (silu(conv) (b, d), new state)."""
+    function = kernel("causal_conv1d_update", x, use_kernels)
+    if function is None:
+        new_state = torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
+        out = (new_state.to(x.dtype) * weight[:, 0]).sum(-1)
+        return F.silu(out + bias if bias is not None else out), new_state
+    new_state = conv_state.clone()  # the kernel rolls the state in place
+    return function(x, new_state, weight[:, 0], bias, activation="silu"), new_state
+
+
+def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):
+    """The whole Mamba mixer in one kernel (training, full sequences, no state, no padding), or None."""
+    function = kernel("mamba_inner_fn", hidden_states, use_kernels)
+    if function is None:
+        return None
+    return function(
+        mixer.in_proj(hidden_states).transpose(1, 2),
+        mixer.conv1d.weight,
+        mixer.conv1d.bias,
+        mixer.x_proj.weight,
+        mixer.dt_proj.weight,
+        mixer.out_proj.weight,
+        mixer.out_proj.bias,
+        -torch.exp(mixer.A_log.float()),
+        None,  # B and C are input-dependent
+        None,
+        mixer.D.float(),
+        delta_bias=mixer.dt_proj.bias.float(),
+        delta_softplus=True,
+    )

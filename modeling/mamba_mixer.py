@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import selective_scan_dispatch
-from .scan import selective_state_update
+from .kernels import (
+    causal_conv_dispatch,
+    conv_step_dispatch,
+    fused_mixer_dispatch,
+    selective_scan_dispatch,
+    selective_state_update_dispatch,
+)
 from .state import MixerState
 
 
@@ -103,6 +108,10 @@ class MambaMixer(nn.Module):
         Returns (b, l, hidden) and the final MixerState (or None unless return_state).
         """
         batch, length, _ = hidden_states.shape
+        if self.training and state is None and not return_state and valid is None:
+            fused = fused_mixer_dispatch(self, hidden_states, self.use_kernels)
+            if fused is not None:
+                return fused, None
         if state is None and return_state:
             state = self.empty_state(batch, hidden_states.device, hidden_states.dtype)
         if length == 0:  # a compressed chunk in which no row emitted a sample: nothing changes
@@ -116,7 +125,7 @@ class MambaMixer(nn.Module):
             context = F.pad(x_channels, (self.conv_kernel - 1, 0))
         else:
             context = torch.cat([state.conv[..., 1:].to(x.dtype), x_channels], dim=-1)
-        x = F.silu(self.conv1d(context)).transpose(1, 2)
+        x = causal_conv_dispatch(context, self.conv1d.weight, self.conv1d.bias, self.use_kernels).transpose(1, 2)
 
         delta, B, C = self._ssm_inputs(x)
         if valid is not None:
@@ -145,13 +154,9 @@ class MambaMixer(nn.Module):
     def step(self, hidden_states, state):
         """One element.  hidden_states (b, hidden); state: MixerState -> ((b, hidden), new MixerState)."""
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        conv = torch.cat([state.conv[..., 1:], x.unsqueeze(-1).to(state.conv.dtype)], dim=-1)
-        x = (conv.to(x.dtype) * self.conv1d.weight[:, 0]).sum(-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x, conv = conv_step_dispatch(state.conv, x, self.conv1d.weight, self.conv1d.bias, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y, ssm = selective_state_update(state.ssm, x, delta, A, B, C, self.D)
+        y, ssm = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
         y = y.to(hidden_states.dtype) * F.silu(z)
         return self.out_proj(y), MixerState(conv=conv, ssm=ssm)

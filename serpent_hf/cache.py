@@ -35,6 +35,7 @@ class SeRpEntCache:
         self.signature = config_signature(config)
         self.layer_states = layer_states  # list (layers) of list (branches) of BranchState
         self.num_tokens = num_tokens  # tokens consumed so far (including left padding)
+        self.decode_step = None  # a StaticDecodeStep (CUDA graph) bound to this cache's tensors, if any
 
     @property
     def batch_size(self):
@@ -61,10 +62,13 @@ class SeRpEntCache:
 
     def _apply(self, fn):
         self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]
+        self.decode_step = None  # new tensors: a captured graph no longer points at them
 
     def reorder_cache(self, beam_idx):
-        """Beam search: row i of the new state is row beam_idx[i] of the old one."""
-        self._apply(lambda tensor: tensor.index_select(0, beam_idx.to(tensor.device)))
+        """Beam search: row i of the new state is row beam_idx[i] of the old one (in place, so a
+        captured decoding graph stays valid)."""
+        for tensor in self.tensors():
+            tensor.copy_(tensor.index_select(0, beam_idx.to(tensor.device)))
 
     def batch_repeat_interleave(self, repeats):
         self._apply(lambda tensor: tensor.repeat_interleave(repeats, dim=0))

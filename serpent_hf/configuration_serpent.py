@@ -32,6 +32,7 @@ class SeRpEntConfig(PretrainedConfig):
         bidirectional: non-causal model for sequence classification: resampling windows on both sides of
             each grid point, and an S4D backend runs its kernel in both directions. No cache (use_cache is False).
         use_kernels: None = mamba-ssm CUDA kernels when available, True = require, False = PyTorch only.
+        use_cuda_graphs: replay each decoding step from a CUDA graph (CUDA only; exact against eager).
         s4d_init: "lin" (A_n = -1/2 + iπn) or "inv" (A_n = -1/2 + i(N/π)(N/(2n+1) - 1)), Gu et al. 2022.
         s4d_dt_min, s4d_dt_max: range of the log-uniform initial S4D step size Δ, one per channel.
         dropout: dropout after the S4D layer's activation (S4's placement).
@@ -61,6 +62,7 @@ class SeRpEntConfig(PretrainedConfig):
     ssm_type: str = "mamba"
     bidirectional: bool = False
     use_kernels: bool | None = None
+    use_cuda_graphs: bool = False
     s4d_init: str = "lin"
     s4d_dt_min: float = 0.001
     s4d_dt_max: float = 0.1

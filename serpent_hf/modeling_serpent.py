@@ -22,6 +22,7 @@ from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock,
 
 from .cache import SeRpEntCache
 from .configuration_serpent import SeRpEntConfig
+from .cuda_graphs import StaticDecodeStep
 
 
 @dataclass
@@ -157,6 +158,13 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
+        use_graph = self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None
+        if single_step and use_graph and not output_hidden_states:
+            if cache.decode_step is None:
+                cache.decode_step = StaticDecodeStep(self, cache).capture()
+            cache.num_tokens += 1
+            output = SeRpEntModelOutput(last_hidden_state=cache.decode_step(input_ids), past_key_values=cache)
+            return output if return_dict else output.to_tuple()
         all_hidden_states = () if output_hidden_states else None
         lengths, deltas = [], []
         new_states = []

@@ -1,0 +1,67 @@
+"""One decoding step of SeRpEntModel replayed from a CUDA graph (config.use_cuda_graphs).
+
+Decoding at small batch is dominated by kernel launches: each token runs hundreds of tiny
+kernels. A CUDA graph records them once and replays them with one launch. Graphs need fixed
+memory addresses, so the step reads and writes static buffers: the token ids, every tensor of
+the cache's state, and the output hidden state. The decoding step itself is the same
+`SeRpEntBlock.step` as in eager mode (its GPU path has no host synchronisation), so replay is
+exact against eager decoding.
+
+The cache's `layer_states` are re-pointed at the static buffers when the graph is built, and
+`SeRpEntCache` writes reorders (beam search) into those buffers in place.
+"""
+
+import torch
+
+
+class StaticDecodeStep:
+    """Static buffers + the decoding step over them; `capture()` records it in a CUDA graph."""
+
+    def __init__(self, model, cache):
+        self.model = model
+        self.cache = cache
+        batch = cache.batch_size
+        device = model.embeddings.weight.device
+        self.token_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        # Static copies of the state; the cache now reads and writes these.
+        cache.layer_states = [[state.map(torch.clone) for state in layer] for layer in cache.layer_states]
+        self.buffers = list(cache.tensors())
+        self.hidden_states = None
+        self.graph = None
+
+    def run(self):
+        """The eager step over the static buffers (also what the graph records)."""
+        hidden = self.model.embeddings(self.token_ids[:, 0])
+        new_states = []
+        for layer, state in zip(self.model.layers, self.cache.layer_states):
+            hidden, state = layer.step(hidden, state)
+            new_states.append(state)
+        new_buffers = [tensor for layer in new_states for state in layer for tensor in state.tensors()]
+        for buffer, value in zip(self.buffers, new_buffers):
+            buffer.copy_(value)
+        self.hidden_states = self.model.norm_f(hidden).unsqueeze(1)
+        return self.hidden_states
+
+    def capture(self, warmup=3):
+        # Warm up on a side stream (lazy kernel imports, allocator), as torch.cuda.graphs asks,
+        # on a copy of the state so that warm-up steps do not advance the real cache.
+        saved = [buffer.clone() for buffer in self.buffers]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                self.run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.run()
+        for buffer, value in zip(self.buffers, saved):
+            buffer.copy_(value)
+        return self
+
+    def __call__(self, input_ids):
+        self.token_ids.copy_(input_ids)
+        if self.graph is None:
+            return self.run().clone()
+        self.graph.replay()
+        return self.hidden_states.clone()

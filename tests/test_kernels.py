@@ -1,0 +1,113 @@
+"""Kernel dispatch, CUDA-graph decoding and mixed precision.
+
+The tests marked `cuda` compare the mamba-ssm / causal-conv1d kernels with the PyTorch path
+and run only where a CUDA GPU and the `cuda` extra are present; the rest check, on any
+machine, the parts of that machinery that do not need a GPU.
+"""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from modeling import kernels
+from serpent_hf.cuda_graphs import StaticDecodeStep
+
+from .conftest import tiny_model
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def fake_cuda_tensor():
+    return types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+
+
+def test_no_optional_kernel_package_is_imported_at_load_or_on_cpu():
+    model = tiny_model(seed=0)
+    model(torch.randint(3, 97, (1, 12)))
+    assert not {"mamba_ssm", "causal_conv1d"} & set(sys.modules)
+
+
+def test_missing_or_broken_kernels_fall_back_with_one_warning(monkeypatch):
+    kernels._warn_fallback.cache_clear()
+    monkeypatch.setattr(kernels, "_load", lambda name: (None, f"{name}: OSError: undefined symbol in the extension"))
+    with pytest.warns(UserWarning, match="undefined symbol"):
+        assert kernels.kernel("selective_scan_fn", fake_cuda_tensor(), None) is None
+    with pytest.raises(kernels.KernelsUnavailableError, match="use_kernels=True but selective_scan_fn"):
+        kernels.kernel("selective_scan_fn", fake_cuda_tensor(), True)
+
+
+def test_forcing_kernels_on_a_cpu_model_is_a_clear_error():
+    model = tiny_model(seed=1, use_kernels=True)
+    with pytest.raises(kernels.KernelsUnavailableError, match="needs CUDA tensors"):
+        model(torch.randint(3, 97, (1, 8)))
+
+
+def test_static_buffer_decoding_step_matches_eager_decoding():
+    """The step a CUDA graph records (static buffers, in-place state updates), run eagerly on the CPU."""
+    model = tiny_model(seed=2)
+    ids = torch.randint(3, 97, (2, 20))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model(ids[:, :5], use_cache=True).past_key_values
+        step = StaticDecodeStep(model.model, cache)
+        logits = [model.lm_head(step(ids[:, t : t + 1])) for t in range(5, 20)]
+    assert (torch.cat(logits, 1) - full[:, 5:]).abs().max().item() < 1e-4
+
+
+def test_bfloat16_autocast_training_stays_finite_with_float32_ssm_state():
+    model = tiny_model(seed=3).train()
+    ids = torch.randint(3, 97, (2, 40))
+    reference = model(ids, labels=ids).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids, use_cache=False, output_deltas=True)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - reference) / reference < 0.05
+    assert out.deltas.dtype == torch.float64  # the clock is never autocast
+    for name, parameter in model.named_parameters():
+        assert parameter.dtype == torch.float32, name
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+def test_kernel_path_matches_pytorch_path_forward_and_gradients(dtype, tolerance):
+    pytest.importorskip("mamba_ssm")
+    ids = torch.randint(3, 97, (2, 64), device="cuda")
+    results = []
+    for use_kernels in (False, True):
+        model = tiny_model(seed=4, use_kernels=use_kernels).cuda().train()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.float().clone() for p in model.parameters()]))
+    (loss_ref, grads_ref), (loss_kernel, grads_kernel) = results
+    assert abs(loss_ref - loss_kernel) / loss_ref < tolerance
+    for reference, kernel in zip(grads_ref, grads_kernel):
+        assert (reference - kernel).norm() <= tolerance * max(reference.norm(), 1e-6)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_kernel_decoding_and_cuda_graph_decoding_match_eager_pytorch_decoding():
+    pytest.importorskip("mamba_ssm")
+    ids = torch.randint(3, 97, (3, 40), device="cuda")
+    logits = {}
+    for name, overrides in {
+        "pytorch": dict(use_kernels=False),
+        "kernels": dict(use_kernels=True),
+        "graphs": dict(use_kernels=True, use_cuda_graphs=True),
+    }.items():
+        model = tiny_model(seed=5, **overrides).cuda()
+        with torch.no_grad():
+            out = model(ids[:, :8], use_cache=True)
+            cache, pieces = out.past_key_values, [out.logits]
+            for t in range(8, 40):
+                pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        logits[name] = torch.cat(pieces, 1)
+    full = tiny_model(seed=5, use_kernels=False).cuda()(ids).logits
+    assert (logits["pytorch"] - full).abs().max().item() < 1e-4
+    assert (logits["kernels"] - logits["pytorch"]).abs().max().item() < 1e-3
+    assert (logits["graphs"] - logits["kernels"]).abs().max().item() < 1e-5
