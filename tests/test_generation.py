@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, TextStreamer, pipeline
 
 from serpent_hf import SeRpEntCache
 
@@ -135,13 +135,27 @@ def test_cache_memory_is_constant_in_the_number_of_generated_tokens():
     assert sizes[0] == sizes[1] == sizes[2] > 0
 
 
-def test_stopping_criteria_and_streamer():
-    model = tiny_model(seed=12)
+def word_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary: token i is the word `w{i}`."""
     vocab = {f"w{i}": i for i in range(97)}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), pad_token="w0", eos_token="w2"
     )
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer
+
+
+def test_text_generation_pipeline_continues_like_greedy_generate():
+    model, tokenizer = tiny_model(seed=15), word_tokenizer()
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator("w5 w9 w11", max_new_tokens=6, do_sample=False, eos_token_id=None)[0]["generated_text"]
+    expected = model.generate(tokenizer("w5 w9 w11", return_tensors="pt").input_ids, max_new_tokens=6,
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert text.split() == tokenizer.decode(expected[0]).split()
+
+
+def test_stopping_criteria_and_streamer():
+    model, tokenizer = tiny_model(seed=12), word_tokenizer()
 
     class StopAfter(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
