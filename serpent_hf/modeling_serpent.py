@@ -61,6 +61,9 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SeRpEntBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
+    # The SSM's A and D, and the selectivity network θ_Δ (whose output decides the clock), stay in
+    # float32 when a checkpoint is loaded in float16 or bfloat16.
+    _keep_in_fp32_modules_strict = ["A_log", "D", "selectivity"]
 
     @torch.no_grad()
     def _init_weights(self, module):

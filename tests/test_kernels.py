@@ -111,3 +111,17 @@ def test_kernel_decoding_and_cuda_graph_decoding_match_eager_pytorch_decoding():
     assert (logits["pytorch"] - full).abs().max().item() < 1e-4
     assert (logits["kernels"] - logits["pytorch"]).abs().max().item() < 1e-3
     assert (logits["graphs"] - logits["kernels"]).abs().max().item() < 1e-5
+
+
+def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp_path):
+    model = tiny_model(seed=6)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
+    branch = loaded.model.layers[0].branches[1]
+    assert branch.mixer.in_proj.weight.dtype == torch.bfloat16
+    for parameter in (branch.mixer.A_log, branch.mixer.D, branch.resampler.selectivity.weight):
+        assert parameter.dtype == torch.float32
+    ids = torch.randint(3, 97, (2, 30))
+    with torch.no_grad():
+        low, full = loaded(ids).logits, model(ids).logits
+    assert torch.isfinite(low).all() and (low - full).abs().max().item() < 0.05
