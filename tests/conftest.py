@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeling import SelectiveResampler
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +37,13 @@ def tiny_model(seed=0, **overrides):
 @pytest.fixture
 def model():
     return tiny_model()
+
+
+def random_resampler(rate, seed, hidden=8, neighbors=3, causal=True):
+    """A resampler whose Δ varies strongly from element to element."""
+    torch.manual_seed(seed)
+    resampler = SelectiveResampler(hidden, rate, neighbors, num_basis=4, causal=causal)
+    with torch.no_grad():
+        resampler.selectivity.weight.normal_(0, 2.0)
+        resampler.selectivity.bias.normal_(0, 1.0)
+    return resampler

@@ -6,20 +6,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling import Branch, SelectiveResampler
+from modeling import Branch
 from modeling.resampling import nearest_neighbors
 from serpent_hf import SeRpEntForSequenceClassification
 
-from .conftest import tiny_config
+from .conftest import random_resampler, tiny_config
 
 
-def random_resampler(rate, seed, hidden=8, neighbors=3):
-    torch.manual_seed(seed)
-    resampler = SelectiveResampler(hidden, rate, neighbors, num_basis=4, causal=False)
-    with torch.no_grad():
-        resampler.selectivity.weight.normal_(0, 2.0)
-        resampler.selectivity.bias.normal_(0, 1.0)
-    return resampler
+def bidirectional_resampler(rate, seed, neighbors=3):
+    return random_resampler(rate, seed, neighbors=neighbors, causal=False)
 
 
 def padded_times(resampler, x, valid):
@@ -39,7 +34,7 @@ def random_branch(rate, seed, ssm_type="s4d"):
 @settings(max_examples=40, deadline=None)
 @given(rate=st.floats(0.05, 0.95), length=st.integers(1, 150), seed=st.integers(0, 10_000))
 def test_compressed_length_lies_between_floor_rate_times_length_and_length(rate, length, seed):
-    resampler = random_resampler(rate, seed)
+    resampler = bidirectional_resampler(rate, seed)
     x = torch.randn(2, length, 8)
     times = padded_times(resampler, x, None)
     samples, sample_valid, counts = resampler.compress(x, times, resampler.empty_state(2, x.device))
@@ -52,7 +47,7 @@ def test_compressed_length_lies_between_floor_rate_times_length_and_length(rate,
 @given(rate=st.floats(0.05, 0.95), length=st.integers(1, 80), left=st.integers(0, 6), right=st.integers(0, 6),
        neighbors=st.integers(1, 6), seed=st.integers(0, 10_000))
 def test_neighbors_are_the_k_real_elements_nearest_in_time(rate, length, left, right, neighbors, seed):
-    resampler = random_resampler(rate, seed, neighbors=neighbors)
+    resampler = bidirectional_resampler(rate, seed, neighbors=neighbors)
     valid = torch.tensor([[False] * left + [True] * length + [False] * right])
     times = padded_times(resampler, torch.randn(1, valid.shape[1], 8), valid).detach()
     grid = torch.arange(1, max(math.floor(float(times[0, -1])), 1) + 1, dtype=torch.float64).unsqueeze(0)
@@ -69,7 +64,7 @@ def test_neighbors_are_the_k_real_elements_nearest_in_time(rate, length, left, r
 
 
 def test_decompression_reads_the_nearest_grid_point_rounding_halves_up():
-    resampler = random_resampler(0.3, seed=0)
+    resampler = bidirectional_resampler(0.3, seed=0)
     times = torch.tensor([[0.3, 0.75, 1.5, 2.25, 2.5, 2.875]], dtype=torch.float64)
     outputs = torch.arange(1, 3, dtype=torch.float32).view(1, 2, 1).expand(1, 2, 8)  # y~_m = m, M = 2
     with torch.no_grad():

@@ -6,18 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling import CLOCK_QUANTUM, SelectiveResampler
+from modeling import CLOCK_QUANTUM
 
-from .conftest import tiny_model
-
-
-def random_resampler(rate, seed, hidden=8, neighbors=3):
-    torch.manual_seed(seed)
-    resampler = SelectiveResampler(hidden, rate, neighbors, num_basis=4)
-    with torch.no_grad():
-        resampler.selectivity.weight.normal_(0, 2.0)
-        resampler.selectivity.bias.normal_(0, 1.0)
-    return resampler
+from .conftest import random_resampler, tiny_model
 
 
 @settings(max_examples=40, deadline=None)
