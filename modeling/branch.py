@@ -92,21 +92,25 @@ class Branch(nn.Module):
         if self.resampler is None:
             y, mixer_state = self.mixer.step(x, state.mixer)
             return y, BranchState(mixer=mixer_state)
-        sample, emits, resampling = self.resampler.step_compress(x, None, state.resampling)
+        emits, resampling = self.resampler.step_clock(x, state.resampling)
         last_output = resampling.last_output
         if host_reads_are_free(emits.device):
             # On a CPU, reading `emits` costs nothing (there is no device to wait for), and most rows
             # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.
             rows = emits.nonzero().squeeze(-1)
             mixer_state = state.mixer
-            if rows.numel() > 0:
+            sample = self.resampler.step_sample(resampling) if rows.numel() > 0 else None
+            if rows.numel() == emits.shape[0]:  # every row emits (always so at batch 1): no gather
+                output, mixer_state = self.mixer.step(sample, state.mixer)
+                resampling.last_output = output.to(last_output.dtype)
+            elif rows.numel() > 0:
                 output, stepped = self.mixer.step(sample[rows], state.mixer.map(lambda tensor: tensor[rows]))
                 mixer_state = state.mixer.replace_rows(rows, stepped)
                 resampling.last_output = last_output.index_copy(0, rows, output.to(last_output.dtype))
         else:
             # On a GPU a data-dependent branch would be a host synchronisation per token: every row
             # runs the SSM step and `where` keeps it for the rows that emit.
-            output, stepped = self.mixer.step(sample, state.mixer)
+            output, stepped = self.mixer.step(self.resampler.step_sample(resampling), state.mixer)
             mixer_state = stepped.where(emits, state.mixer)
             resampling.last_output = torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output)
         return self.resampler.step_decompress(resampling), BranchState(mixer=mixer_state, resampling=resampling)

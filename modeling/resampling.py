@@ -237,27 +237,29 @@ class SelectiveResampler(nn.Module):
             last_output=last_output,
         )
 
-    def step_compress(self, x, valid, state):
-        """One element x (b, d) -> (sample x~ (b, d) built as if it emits, emits (b,) bool, advanced state).
+    def step_clock(self, x, state):
+        """One element x (b, d): advance the clock and the neighbour buffers -> (emits (b,) bool, new state).
 
-        The caller runs the SSM on x~ only where `emits` and then stores the output in last_output.
+        A row emits when floor(t) passes its emitted count m; its new sample is then m + 1.
         """
-        delta = self.deltas(x, valid)
-        clock = state.clock + delta
-        neighbor_inputs = torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1)
-        neighbor_times = torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1)
+        clock = state.clock + self.deltas(x)
         emits = torch.floor(clock) > state.emitted
-        grid = state.emitted + 1.0
-        gaps = (grid.unsqueeze(-1) - neighbor_times).to(x.dtype)
-        sample = (self.compression_basis(gaps) * neighbor_inputs).sum(dim=1)
         advanced = ResamplingState(
-            neighbor_inputs=neighbor_inputs,
-            neighbor_times=neighbor_times,
+            neighbor_inputs=torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1),
+            neighbor_times=torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1),
             clock=clock,
-            emitted=torch.where(emits, grid, state.emitted),
+            emitted=torch.where(emits, state.emitted + 1.0, state.emitted),
             last_output=state.last_output,
         )
-        return sample, emits, advanced
+        return emits, advanced
+
+    def step_sample(self, state):
+        """x~ (b, d) of the sample s = m just emitted, from the state returned by step_clock.
+
+        Rows that did not emit get a value that the caller discards.
+        """
+        gaps = (state.emitted.unsqueeze(-1) - state.neighbor_times).to(state.neighbor_inputs.dtype)
+        return (self.compression_basis(gaps) * state.neighbor_inputs).sum(dim=1)
 
     def step_decompress(self, state):
         """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m, 0 before any sample."""
