@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Evaluate causal LM checkpoints side by side: top-1 / top-5 next-token accuracy, perplexity, loss.
+
+Any `AutoModelForCausalLM` checkpoint works (SeRpEnt, a transformers Mamba, GPT-2, ...), on the
+same evaluation text and with the same metric as train_lm.py. Each checkpoint is tokenised with its
+own tokenizer unless --tokenizer_name is given; compare token-level numbers only between models
+that share a tokenizer. Results go to OUTPUT_DIR/eval_results.json, one entry per checkpoint.
+
+    python training/eval_lm.py --model_name_or_path runs/serpent runs/mamba \
+        --train_file ../shared/data/wikitext-103-v1/wiki.valid.tokens --validation_articles 6 \
+        --block_size 256 --output_dir runs/compare
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
+
+from datasets import DatasetDict  # noqa: E402
+from transformers import Trainer, TrainingArguments, default_data_collator  # noqa: E402
+
+from training.arguments import DataArguments, parse_arguments  # noqa: E402
+from training.data import group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size  # noqa: E402
+from training.evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics  # noqa: E402
+from training.models import count_parameters, load_checkpoint  # noqa: E402
+
+SHOWN = ("eval_top1_accuracy", "eval_top5_accuracy", "eval_perplexity", "eval_loss")
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: list[str] = field(metadata={"help": "One or more checkpoints (directories or Hub names)."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "One tokenizer for all (default: each model's own)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where datasets and models from the Hub are cached."})
+
+
+def evaluate_checkpoint(name, eval_args, data_args, training_args, raw):
+    tokenizer = load_tokenizer(eval_args.tokenizer_name or name, eval_args.cache_dir)
+    block_size = resolve_block_size(data_args.block_size, tokenizer)
+    blocks = group_into_blocks(DatasetDict(validation=raw["validation"]), tokenizer, block_size)["validation"]
+    if data_args.max_eval_samples:
+        blocks = blocks.select(range(min(data_args.max_eval_samples, len(blocks))))
+    model = load_checkpoint(name, eval_args.cache_dir)
+    trainer = Trainer(model=model, args=training_args, eval_dataset=blocks, data_collator=default_data_collator,
+                      compute_metrics=build_compute_metrics(), preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+    metrics = add_perplexity(trainer.evaluate(ignore_keys=IGNORE_KEYS))
+    metrics.update(model_type=model.config.model_type, parameters=count_parameters(model),
+                   tokenizer=eval_args.tokenizer_name or name, eval_tokens=len(blocks) * block_size, block_size=block_size)
+    return metrics
+
+
+def main(argv=None):
+    eval_args, data_args, training_args = parse_arguments((EvalArguments, DataArguments, TrainingArguments), argv)
+    raw = load_raw_text(data_args, eval_args.cache_dir, need_train=False)
+    results = {name: evaluate_checkpoint(name, eval_args, data_args, training_args, raw)
+               for name in eval_args.model_name_or_path}
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print("\n| model | parameters | " + " | ".join(SHOWN) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in SHOWN) + " |")
+    for name, metrics in results.items():
+        print(f"| {name} | {metrics['parameters']:,} | " + " | ".join(f"{metrics[key]:.4f}" for key in SHOWN) + " |")
+    return results
+
+
+if __name__ == "__main__":
+    main()

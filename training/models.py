@@ -1,0 +1,66 @@
+"""The model a run trains: a fresh one from a config file, or a checkpoint to fine-tune, matched
+to the tokenizer (vocabulary size and special token ids)."""
+
+from pathlib import Path
+
+import serpent_hf  # noqa: F401  (registers SeRpEnt with the Auto classes)
+from transformers import AutoConfig, AutoModelForCausalLM
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _special_token_ids(tokenizer):
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
+
+
+def build_model(model_config, tokenizer, cache_dir=None):
+    """`model_config`: a config file (new model, random weights from the current seed) or a checkpoint
+    directory / Hub name (pretrained weights). The vocabulary grows to fit the tokenizer if needed."""
+    path = Path(model_config)
+    if path.suffix in CONFIG_SUFFIXES:
+        if not path.is_file():
+            raise ValueError(f"--model_config {model_config} does not exist")
+        config = AutoConfig.from_pretrained(str(path))
+        config.vocab_size = max(config.vocab_size, len(tokenizer))
+        for key, value in _special_token_ids(tokenizer).items():
+            setattr(config, key, value)
+        return AutoModelForCausalLM.from_config(config)
+    if (model_config.startswith((".", "/")) or model_config.count("/") > 1) and not path.is_dir():
+        raise ValueError(f"--model_config {model_config} is neither a config file nor a checkpoint directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_config, cache_dir=cache_dir)
+    except OSError as error:
+        raise ValueError(f"could not load the checkpoint {model_config!r}: {error}") from error
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    for key, value in _special_token_ids(tokenizer).items():
+        if getattr(model.config, key, None) is None:
+            setattr(model.config, key, value)
+    return model
+
+
+def load_checkpoint(name_or_path, cache_dir=None):
+    """Any causal LM checkpoint (SeRpEnt, transformers Mamba, GPT-2, ...) for evaluation."""
+    if name_or_path.startswith((".", "/")) and not Path(name_or_path).is_dir():
+        raise ValueError(f"checkpoint directory {name_or_path} does not exist")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, cache_dir=cache_dir)
+    except OSError as error:
+        raise ValueError(f"could not load the checkpoint {name_or_path!r}: {error}") from error
+
+
+def count_parameters(model):
+    """Distinct trainable parameters (tied embedding and LM head count once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_architecture(model):
+    """A few lines of facts about the model for the model card."""
+    config = model.config
+    facts = {"model_type": config.model_type, "parameters": count_parameters(model), "vocab_size": config.vocab_size}
+    for key in ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel", "compression_rates",
+                "num_neighbors", "num_basis", "ssm_type"):
+        if hasattr(config, key):
+            facts[key] = getattr(config, key)
+    return facts

@@ -1,0 +1,81 @@
+"""Figures of a run: the training curves and the selectivity Δ of every branch on a sample text.
+
+Both use matplotlib's Agg backend (no display needed) and write PNG files.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_training_curves(log_history, path):
+    """Train and eval loss against the step (left) and eval top-1 / top-5 accuracy (right)."""
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evals = [entry for entry in log_history if "eval_loss" in entry]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        left.plot(*zip(*train), label="train loss")
+    if evals:
+        left.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss")
+        for key, label in (("eval_top1_accuracy", "top-1"), ("eval_top5_accuracy", "top-5")):
+            points = [(e["step"], e[key]) for e in evals if key in e]
+            if points:
+                right.plot(*zip(*points), "o-", label=f"eval {label} accuracy")
+    left.set(xlabel="step", ylabel="cross-entropy (nats / token)", title="Loss")
+    right.set(xlabel="step", ylabel="accuracy", title="Next-token accuracy", ylim=(0, None))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@torch.no_grad()
+def delta_profile(model, tokenizer, text, max_tokens=80):
+    """Run a SeRpEnt model on `text`; return tokens, rates, Δ (layers, branches, length) and the
+    compressed fraction M / L (layers, branches). None for models without selective resampling."""
+    rates = list(getattr(model.config, "compression_rates", []))
+    if not any(rate < 1.0 for rate in rates):
+        return None
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens].to(model.device)
+    was_training = model.training
+    model.eval()
+    output = model(ids, output_deltas=True, use_cache=False)
+    model.train(was_training)
+    length = ids.shape[1]
+    return {
+        "tokens": [tokenizer.decode([token]) for token in ids[0].tolist()],
+        "rates": rates,
+        "deltas": output.deltas[:, 0].float().cpu().numpy(),
+        "compressed_fraction": (output.compressed_lengths[:, 0].float() / length).cpu().numpy(),
+    }
+
+
+def plot_deltas(profile, path):
+    """One panel per resampling branch (κ < 1): Δ per token, one line per layer. A κ = 1 branch has Δ ≡ 1."""
+    branches = [index for index, rate in enumerate(profile["rates"]) if rate < 1.0]
+    tokens, deltas = profile["tokens"], profile["deltas"]
+    figure, axes = plt.subplots(len(branches), 1, figsize=(max(8, 0.16 * len(tokens)), 2.6 * len(branches)),
+                                sharex=True, squeeze=False)
+    positions = np.arange(len(tokens))
+    for axis, branch in zip(axes[:, 0], branches):
+        rate = profile["rates"][branch]
+        for layer in range(deltas.shape[0]):
+            fraction = profile["compressed_fraction"][layer, branch]
+            axis.plot(positions, deltas[layer, branch], marker=".", label=f"layer {layer} (M/L = {fraction:.2f})")
+        axis.axhline(rate, color="grey", linestyle="--", linewidth=0.8)
+        axis.set(ylabel="Δ", ylim=(0, 1), title=f"branch κ = {rate:g} (Δ ∈ (κ, 1); dashed line: κ)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="upper right")
+    last = axes[-1, 0]
+    last.set_xticks(positions)
+    last.set_xticklabels([repr(token)[1:-1] for token in tokens], rotation=90, fontsize=6)
+    last.set_xlabel("token")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

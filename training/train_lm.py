@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Train a causal language model (SeRpEnt, or its Mamba baseline) with the Hugging Face Trainer.
+
+The end of a run leaves in --output_dir: the model, the tokenizer, eval_results.json (eval_loss,
+eval_perplexity, eval_top1_accuracy, eval_top5_accuracy), train_results.json, training_curves.png,
+deltas.png (Δ per token and branch on a sample text) and README.md, the model card. With
+--push_to_hub all of it goes to --hub_model_id in one commit.
+
+    python training/train_lm.py configs/train-tiny.yaml                    # a whole run in one file
+    python training/train_lm.py --model_config configs/small.json --output_dir runs/small \
+        --dataset_name wikitext --dataset_config_name wikitext-103-v1 --block_size 256 --max_steps 1000
+    accelerate launch --multi_gpu --num_processes 2 training/train_lm.py configs/train-tiny.yaml   # 2 CPU processes
+
+(With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a single process; the run
+file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
+
+from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed  # noqa: E402
+
+from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments  # noqa: E402
+from training.data import (  # noqa: E402
+    group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text, train_bpe_tokenizer,
+)
+from training.evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics  # noqa: E402
+from training.generation import generate_sample  # noqa: E402
+from training.hub import push_run  # noqa: E402
+from training.model_card import write_model_card  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.plots import delta_profile, plot_deltas, plot_training_curves  # noqa: E402
+
+logger = logging.getLogger("train_lm")
+
+
+def get_tokenizer(model_args, raw, training_args):
+    """The named tokenizer, or a byte-level BPE trained by the main process on the training text."""
+    if model_args.train_tokenizer is None:
+        return load_tokenizer(model_args.tokenizer_name, model_args.cache_dir)
+    with training_args.main_process_first(local=False, desc="training the tokenizer"):
+        if training_args.process_index == 0:
+            texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
+            train_bpe_tokenizer(texts, model_args.train_tokenizer).save_pretrained(training_args.output_dir)
+    return AutoTokenizer.from_pretrained(training_args.output_dir)  # every process uses the same saved files
+
+
+def main(argv=None):
+    model_args, data_args, report_args, training_args = parse_arguments(
+        (ModelArguments, DataArguments, ReportArguments, TrainingArguments), argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.setLevel(logging.INFO)
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, with our card
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
+            and training_args.world_size == 1:
+        logger.warning("accelerate launch --cpu started ONE process although several were asked for; for several "
+                       "CPU processes run `accelerate launch --multi_gpu --num_processes N ... --use_cpu true`")
+    set_seed(training_args.seed)
+
+    with training_args.main_process_first(desc="loading the text"):
+        raw = load_raw_text(data_args, model_args.cache_dir)
+    tokenizer = get_tokenizer(model_args, raw, training_args)
+    block_size = resolve_block_size(data_args.block_size, tokenizer)
+    with training_args.main_process_first(desc="tokenising"):
+        blocks = group_into_blocks(raw, tokenizer, block_size, data_args.preprocessing_num_workers,
+                                   data_args.overwrite_cache)
+    train_set, eval_set = blocks["train"], blocks["validation"]
+    if data_args.max_train_samples:
+        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+    if data_args.max_eval_samples:
+        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+    model = build_model(model_args.model_config, tokenizer, model_args.cache_dir)
+    logger.info("%s with %s parameters; %d training and %d evaluation blocks of %d tokens",
+                type(model).__name__, f"{model.num_parameters():,}", len(train_set), len(eval_set), block_size)
+
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        data_collator=default_data_collator, compute_metrics=build_compute_metrics(),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+    resume = training_args.resume_from_checkpoint
+    resume = True if resume is not None and resume.lower() in ("true", "last") else resume
+    train_result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=IGNORE_KEYS)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    metrics = add_perplexity(trainer.evaluate(ignore_keys=IGNORE_KEYS))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if not trainer.is_world_process_zero():
+        return metrics
+
+    output_dir = Path(training_args.output_dir)
+    model = trainer.model
+    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+    plots = {"Training curves": "training_curves.png"}
+    profile = delta_profile(model, tokenizer, report_args.delta_text or sample_text(raw))
+    if profile is not None:
+        plot_deltas(profile, output_dir / "deltas.png")
+        plots["Selectivity Δ per token and branch"] = "deltas.png"
+    sample = generate_sample(model, tokenizer, report_args.sample_prompt, report_args.sample_max_new_tokens,
+                             seed=training_args.seed)
+    (output_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
+    repo_id = training_args.hub_model_id or output_dir.name
+    tokenizer_description = ("byte-level BPE trained on the training text" if model_args.train_tokenizer
+                             else f"`{model_args.tokenizer_name}`")
+    write_model_card(
+        output_dir, model=model, tokenizer_description=tokenizer_description, tokenizer_size=len(tokenizer),
+        data_args=data_args, training_args=training_args, metrics=metrics, block_size=block_size,
+        train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, repo_id=repo_id,
+        sample=sample, sample_prompt=report_args.sample_prompt, sample_max_new_tokens=report_args.sample_max_new_tokens,
+        plots=plots, profile=profile, template_path=report_args.model_card_template,
+    )
+    print(f"\nSample ({report_args.sample_prompt!r}, seed {training_args.seed}):\n{sample}\n")
+    if push:
+        pushed = push_run(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
+                          revision=training_args.hub_revision)
+        logger.info("pushed %s to the Hub as %s", output_dir, pushed)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
