@@ -98,11 +98,16 @@ def test_the_run_file_and_the_command_line_combine(run_file):
     assert training_args.dataloader_drop_last is True and report_args.sample_max_new_tokens == 12
 
 
-def test_the_readme_run_file_parses():
-    model_args, data_args, _, training_args = parse_arguments(
-        (ModelArguments, DataArguments, ReportArguments, train_lm.TrainingArguments), [str(ROOT / "configs/train-tiny.yaml")])
+def test_the_ready_run_files_parse():
+    parse = lambda name: parse_arguments(  # noqa: E731
+        (ModelArguments, DataArguments, ReportArguments, train_lm.TrainingArguments), [str(ROOT / "configs" / name)])
+    model_args, data_args, _, training_args = parse("train-tiny.yaml")
     assert model_args.model_config == "configs/tiny.json" and data_args.train_file == "tests/fixtures/tiny_corpus.txt"
     assert (ROOT / data_args.train_file).is_file() and training_args.max_steps > 0
+    model_args, data_args, _, training_args = parse("train-wikitext103-small.yaml")
+    assert (data_args.dataset_name, data_args.dataset_config_name) == ("wikitext", "wikitext-103-v1")
+    assert model_args.tokenizer_name == "gpt2" and data_args.train_file is None
+    assert (ROOT / model_args.model_config).is_file()
 
 
 def test_wikitext_articles_split_at_top_level_headings_only():
@@ -236,6 +241,9 @@ def offline(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
+TEXT = FIXTURE.read_text()
+
+
 @pytest.mark.parametrize(
     "content, options, message",
     [
@@ -244,24 +252,39 @@ def offline(monkeypatch):
         ("", [], r"--train_file \S+ is empty"),
         (" \n\n   \n", [], "training text .* is empty"),
         ("Only a few words here.\n" * 3, ["--block_size", "4096"], "--block_size 4096 is larger than the train data"),
-        (FIXTURE.read_text(), ["--train_tokenizer", "0", "--tokenizer_name", "./no/such/tokenizer"],
-         "--tokenizer_name ./no/such/tokenizer is not a directory"),
-        (FIXTURE.read_text(), ["--model_config", "configs/no-such-config.json"], "no-such-config.json does not exist"),
+        (TEXT, ["--tokenizer_name", "./no/such/tokenizer"], "--tokenizer_name ./no/such/tokenizer is not a directory"),
+        (TEXT, ["--tokenizer_name", "no-such-tokenizer-anywhere"], "could not load tokenizer 'no-such-tokenizer-anywhere'"),
+        (TEXT, ["--model_config", "configs/no-such-config.json"], "no-such-config.json does not exist"),
     ],
-    ids=["missing-file", "missing-dataset", "empty-file", "blank-file", "block-too-large", "missing-tokenizer",
-         "missing-config"],
+    ids=["missing-file", "missing-dataset", "empty-file", "blank-file", "block-too-large", "missing-tokenizer-folder",
+         "missing-tokenizer-on-hub", "missing-config"],
 )
 def test_bad_inputs_fail_with_clear_errors(tmp_path, offline, content, options, message):
     train_file = tmp_path / "train.txt"
     if content is not None:
         train_file.write_text(content)
     argv = ["--model_config", str(ROOT / "configs" / "tiny.json"), "--validation_split_percentage", "34",
-            "--train_tokenizer", "300", "--block_size", "8", "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-            "--use_cpu", "true", "--cache_dir", str(tmp_path / "cache")]
+            "--block_size", "8", "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--use_cpu", "true",
+            "--cache_dir", str(tmp_path / "cache")]
     if "--dataset_name" not in options:
         argv += ["--train_file", str(train_file)]
-    if "--train_tokenizer" in options:  # "0" stands for "none": load the named tokenizer instead
-        argv.remove("--train_tokenizer"), argv.remove("300")
-        options = [o for o in options if o not in ("--train_tokenizer", "0")]
+    if "--tokenizer_name" not in options:
+        argv += ["--train_tokenizer", "300"]
     with pytest.raises(ValueError, match=message):
         train_lm.main(argv + options)
+
+
+def test_a_folder_with_only_vocab_and_merges_loads_as_a_gpt2_tokenizer(tmp_path):
+    """The offline GPT-2 BPE (`--tokenizer_name ../shared/data/gpt2-bpe`) is such a folder."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from training.data import load_tokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.save_model(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "vocab.json"]
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert type(tokenizer).__name__.startswith("GPT2Tokenizer")
+    assert tokenizer("The river")["input_ids"] == bpe.encode("The river").ids
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
