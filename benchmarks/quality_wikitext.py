@@ -1,0 +1,104 @@
+"""Quality on held-out WikiText: SeRpEnt `small` vs its Mamba baseline `small-mamba`, trained on
+the same tokens with the same seed, scored by top-1 / top-5 next-token accuracy and perplexity.
+
+Data: the WikiText-103 validation file (60 articles), split as ../shared/data/README.md says:
+articles are separated by top-level headings " = Title = "; the first 54 train, the last 6 are
+held out. Tokenizer: a byte-level BPE of 4,096 entries (the small configs' vocab_size) trained on
+the 54 training articles only. Both models run training/train_lm.py with identical options
+(steps, batch, block size, learning-rate schedule, seed); only --model_config differs. The two
+configs have equal parameter counts within 1% (configs/small*.json).
+
+    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 400
+
+Writes OUTPUT_DIR/quality_wikitext.json and one training run (model, card, plots) per model.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training import train_lm  # noqa: E402
+from training.data import split_articles  # noqa: E402
+
+MODELS = {"serpent": "configs/small.json", "mamba": "configs/small-mamba.json"}
+HELD_OUT = 6
+
+
+def parse():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="wiki.valid.tokens of wikitext-103-v1, or the folder holding it")
+    parser.add_argument("--output_dir", default="runs/quality-wikitext")
+    parser.add_argument("--max_steps", type=int, default=400)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--block_size", type=int, default=256)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--eval_steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    return parser.parse_args()
+
+
+def main():
+    args = parse()
+    data = Path(args.data)
+    data = data / "wiki.valid.tokens" if data.is_dir() else data
+    if not data.is_file():
+        raise ValueError(f"{data} does not exist: give the wikitext-103-v1 folder or its wiki.valid.tokens")
+    articles = split_articles(data.read_text(encoding="utf-8").splitlines(keepends=True))
+    print(f"{data}: {len(articles)} articles -> {len(articles) - HELD_OUT} train, the last {HELD_OUT} held out")
+    output_dir = Path(args.output_dir)
+    results = {"data": str(data), "articles": len(articles), "train_articles": len(articles) - HELD_OUT,
+               "eval_articles": HELD_OUT, "tokenizer": "byte-level BPE, 4096 entries, trained on the train articles",
+               "options": vars(args), "models": {}}
+    for name in args.models:
+        run_dir = output_dir / name
+        argv = ["--model_config", str(ROOT / MODELS[name]), "--train_file", str(data),
+                "--validation_articles", str(HELD_OUT), "--train_tokenizer", "4096",
+                "--block_size", str(args.block_size), "--output_dir", str(run_dir), "--max_steps", str(args.max_steps),
+                "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
+                "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
+                "--warmup_steps", str(max(1, args.max_steps // 10)), "--weight_decay", "0.1",
+                "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps), "--logging_steps", "10",
+                "--save_strategy", "no", "--seed", str(args.seed), "--dataloader_drop_last", "true",
+                "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
+                "--cache_dir", str(output_dir / "cache")]
+        start = time.perf_counter()
+        metrics = train_lm.main(argv)
+        wall = time.perf_counter() - start
+        state = json.loads((run_dir / "trainer_state.json").read_text())
+        card = (run_dir / "README.md").read_text()
+        parameters = int(next(line for line in card.splitlines() if line.startswith("| parameters |"))
+                         .split("|")[2].strip().replace(",", ""))
+        results["models"][name] = {
+            "config": MODELS[name], "parameters": parameters,
+            "top1_accuracy": metrics["eval_top1_accuracy"], "top5_accuracy": metrics["eval_top5_accuracy"],
+            "perplexity": metrics["eval_perplexity"], "loss": metrics["eval_loss"],
+            "steps": state["global_step"], "tokens_trained": state["global_step"] * args.batch_size * args.block_size,
+            "wall_seconds": round(wall, 1),
+        }
+        print(json.dumps({name: results["models"][name]}, indent=2), flush=True)
+    if {"serpent", "mamba"} <= set(results["models"]):
+        serpent, mamba = results["models"]["serpent"], results["models"]["mamba"]
+        tokenizers = [(output_dir / name / "tokenizer.json").read_bytes() for name in ("serpent", "mamba")]
+        results["same_tokenizer"] = tokenizers[0] == tokenizers[1]
+        results["serpent_minus_mamba"] = {key: serpent[key] - mamba[key] for key in ("top1_accuracy", "top5_accuracy")}
+        results["perplexity_ratio_serpent_over_mamba"] = serpent["perplexity"] / mamba["perplexity"]
+        print("\n| model | parameters | top-1 | top-5 | perplexity | tokens trained | wall s |\n|---|---|---|---|---|---|---|")
+        for name, row in results["models"].items():
+            print(f"| {name} | {row['parameters']:,} | {row['top1_accuracy']:.4f} | {row['top5_accuracy']:.4f} | "
+                  f"{row['perplexity']:.2f} | {row['tokens_trained']:,} | {row['wall_seconds']:.0f} |")
+        difference = results["serpent_minus_mamba"]
+        print(f"SeRpEnt - Mamba: top-1 {difference['top1_accuracy']:+.4f}, top-5 {difference['top5_accuracy']:+.4f}; "
+              f"perplexity ratio {results['perplexity_ratio_serpent_over_mamba']:.3f}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "quality_wikitext.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {output_dir / 'quality_wikitext.json'}")
+
+
+if __name__ == "__main__":
+    main()
