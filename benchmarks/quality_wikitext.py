@@ -8,9 +8,10 @@ the 54 training articles only. Both models run training/train_lm.py with identic
 (steps, batch, block size, learning-rate schedule, seed); only --model_config differs. The two
 configs have equal parameter counts within 1% (configs/small*.json).
 
-    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 400
+    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 1000
 
-Writes OUTPUT_DIR/quality_wikitext.json and one training run (model, card, plots) per model.
+Writes OUTPUT_DIR/quality_wikitext.json, OUTPUT_DIR/quality_wikitext.png (held-out loss and
+accuracy of both models against the step) and one training run (model, card, plots) per model.
 """
 
 import argparse
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from training import train_lm  # noqa: E402
 from training.data import split_articles  # noqa: E402
+from training.plots import plot_run_comparison  # noqa: E402
 
 MODELS = {"serpent": "configs/small.json", "mamba": "configs/small-mamba.json"}
 HELD_OUT = 6
@@ -33,11 +35,11 @@ def parse():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="wiki.valid.tokens of wikitext-103-v1, or the folder holding it")
     parser.add_argument("--output_dir", default="runs/quality-wikitext")
-    parser.add_argument("--max_steps", type=int, default=400)
+    parser.add_argument("--max_steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--block_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--eval_steps", type=int, default=100)
+    parser.add_argument("--eval_steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     return parser.parse_args()
@@ -96,6 +98,9 @@ def main():
         print(f"SeRpEnt - Mamba: top-1 {difference['top1_accuracy']:+.4f}, top-5 {difference['top5_accuracy']:+.4f}; "
               f"perplexity ratio {results['perplexity_ratio_serpent_over_mamba']:.3f}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    histories = {name: json.loads((output_dir / name / "trainer_state.json").read_text())["log_history"]
+                 for name in results["models"]}
+    plot_run_comparison(histories, output_dir / "quality_wikitext.png")
     (output_dir / "quality_wikitext.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {output_dir / 'quality_wikitext.json'}")
 

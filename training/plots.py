@@ -35,6 +35,27 @@ def plot_training_curves(log_history, path):
     plt.close(figure)
 
 
+def plot_run_comparison(log_histories, path):
+    """Several runs on one figure: eval loss (left) and eval top-1 / top-5 accuracy (right) against
+    the step, one colour per run, so models trained on the same tokens can be compared at a glance."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (name, log_history) in enumerate(log_histories.items()):
+        colour = f"C{index}"
+        evals = [entry for entry in log_history if "eval_loss" in entry]
+        steps = [entry["step"] for entry in evals]
+        left.plot(steps, [entry["eval_loss"] for entry in evals], "o-", color=colour, label=name)
+        right.plot(steps, [entry["eval_top1_accuracy"] for entry in evals], "o-", color=colour, label=f"{name} top-1")
+        right.plot(steps, [entry["eval_top5_accuracy"] for entry in evals], "s--", color=colour, label=f"{name} top-5")
+    left.set(xlabel="step", ylabel="eval cross-entropy (nats / token)", title="Held-out loss")
+    right.set(xlabel="step", ylabel="accuracy", title="Held-out next-token accuracy", ylim=(0, None))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 @torch.no_grad()
 def delta_profile(model, tokenizer, text, max_tokens=80):
     """Run a SeRpEnt model on `text`; return tokens, rates, Δ (layers, branches, length) and the
