@@ -88,29 +88,31 @@ class Branch(nn.Module):
         return y, new_state, BranchStatistics(deltas, new_counts)
 
     def step(self, x, state):
-        """One element x (b, d) -> (y (b, d), new BranchState). No host synchronisation on a GPU."""
+        """One element x (b, d) -> y (b, d); `state` (BranchState) is advanced in place.
+
+        No host synchronisation on a GPU."""
         if self.resampler is None:
-            y, mixer_state = self.mixer.step(x, state.mixer)
-            return y, BranchState(mixer=mixer_state)
-        emits, resampling = self.resampler.step_clock(x, state.resampling)
-        last_output = resampling.last_output
+            return self.mixer.step(x, state.mixer)
+        resampling = state.resampling
+        emits = self.resampler.step_clock(x, resampling)
         if host_reads_are_free(emits.device):
             # On a CPU, reading `emits` costs nothing (there is no device to wait for), and most rows
             # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.
             rows = emits.nonzero().squeeze(-1)
-            mixer_state = state.mixer
-            sample = self.resampler.step_sample(resampling) if rows.numel() > 0 else None
             if rows.numel() == emits.shape[0]:  # every row emits (always so at batch 1): no gather
-                output, mixer_state = self.mixer.step(sample, state.mixer)
-                resampling.last_output = output.to(last_output.dtype)
+                output = self.mixer.step(self.resampler.step_sample(resampling), state.mixer)
+                resampling.last_output.copy_(output)
             elif rows.numel() > 0:
-                output, stepped = self.mixer.step(sample[rows], state.mixer.map(lambda tensor: tensor[rows]))
-                mixer_state = state.mixer.replace_rows(rows, stepped)
-                resampling.last_output = last_output.index_copy(0, rows, output.to(last_output.dtype))
+                emitters = state.mixer.map(lambda tensor: tensor[rows])
+                output = self.mixer.step(self.resampler.step_sample(resampling)[rows], emitters)
+                state.mixer.index_copy_(rows, emitters)
+                resampling.last_output.index_copy_(0, rows, output.to(resampling.last_output.dtype))
         else:
             # On a GPU a data-dependent branch would be a host synchronisation per token: every row
-            # runs the SSM step and `where` keeps it for the rows that emit.
-            output, stepped = self.mixer.step(self.resampler.step_sample(resampling), state.mixer)
-            mixer_state = stepped.where(emits, state.mixer)
-            resampling.last_output = torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output)
-        return self.resampler.step_decompress(resampling), BranchState(mixer=mixer_state, resampling=resampling)
+            # steps a copy of the SSM state and `where` keeps it for the rows that emit.
+            stepped = state.mixer.map(torch.clone)
+            output = self.mixer.step(self.resampler.step_sample(resampling), stepped)
+            state.mixer.copy_where_(emits, stepped)
+            last_output = resampling.last_output
+            last_output.copy_(torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output))
+        return self.resampler.step_decompress(resampling)

@@ -101,13 +101,11 @@ def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernel
 
 
 def selective_state_update_dispatch(state, x, delta, A, B, C, D, use_kernels=None):
-    """Contract of `scan.selective_state_update`: returns y (b, d) and a new state; `state` is not modified."""
+    """Contract of `scan.selective_state_update`: `state` (b, d, n) is updated in place; returns y (b, d) float32."""
     function = kernel("selective_state_update", x, use_kernels)
     if function is None:
         return selective_state_update(state, x, delta, A, B, C, D)
-    new_state = state.clone()  # the kernel updates in place; callers keep the old state (emitting rows only)
-    y = function(new_state, x, delta, A, B, C, D.float(), dt_softplus=False)
-    return y.float(), new_state
+    return function(state, x, delta, A, B, C, D.float(), dt_softplus=False).float()
 
 
 def causal_conv_dispatch(context, weight, bias, use_kernels=None):
@@ -121,14 +119,13 @@ def causal_conv_dispatch(context, weight, bias, use_kernels=None):
 
 
 def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None):
-    """One conv step: conv_state (b, d, k) holds the last k inputs; x (b, d) -> (silu(conv) (b, d), new state)."""
+    """One conv step: conv_state (b, d, k) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d)."""
     function = kernel("causal_conv1d_update", x, use_kernels)
     if function is None:
-        new_state = torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
-        out = (new_state.to(x.dtype) * weight[:, 0]).sum(-1)
-        return F.silu(out + bias if bias is not None else out), new_state
-    new_state = conv_state.clone()  # the kernel rolls the state in place
-    return function(x, new_state, weight[:, 0], bias, activation="silu"), new_state
+        conv_state.copy_(torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+        out = torch.linalg.vecdot(conv_state.to(x.dtype), weight[:, 0])
+        return F.silu(out if bias is None else out.add_(bias), inplace=True)
+    return function(x, conv_state, weight[:, 0], bias, activation="silu")
 
 
 def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):

@@ -152,11 +152,10 @@ class MambaMixer(nn.Module):
         return full.gather(-1, window.unsqueeze(1).expand(-1, full.shape[1], -1))
 
     def step(self, hidden_states, state):
-        """One element.  hidden_states (b, hidden); state: MixerState -> ((b, hidden), new MixerState)."""
+        """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        x, conv = conv_step_dispatch(state.conv, x, self.conv1d.weight, self.conv1d.bias, self.use_kernels)
+        x = conv_step_dispatch(state.conv, x, self.conv1d.weight, self.conv1d.bias, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y, ssm = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
-        y = y.to(hidden_states.dtype) * F.silu(z)
-        return self.out_proj(y), MixerState(conv=conv, ssm=ssm)
+        y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
+        return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))

@@ -238,30 +238,29 @@ class SelectiveResampler(nn.Module):
         )
 
     def step_clock(self, x, state):
-        """One element x (b, d): advance the clock and the neighbour buffers -> (emits (b,) bool, new state).
+        """One element x (b, d): advance the clock and the neighbour buffers of `state` in place -> emits (b,) bool.
 
         A row emits when floor(t) passes its emitted count m; its new sample is then m + 1.
         """
-        clock = state.clock + self.deltas(x)
+        clock = state.clock.add_(self.deltas(x))
         emits = torch.floor(clock) > state.emitted
-        advanced = ResamplingState(
-            neighbor_inputs=torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1),
-            neighbor_times=torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1),
-            clock=clock,
-            emitted=torch.where(emits, state.emitted + 1.0, state.emitted),
-            last_output=state.last_output,
-        )
-        return emits, advanced
+        state.emitted.add_(emits)  # Δ <= 1: at most one new sample per element
+        state.neighbor_inputs.copy_(torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1))
+        state.neighbor_times.copy_(torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1))
+        return emits
 
     def step_sample(self, state):
-        """x~ (b, d) of the sample s = m just emitted, from the state returned by step_clock.
+        """x~ (b, d) of the sample s = m just emitted, from the state advanced by step_clock.
 
         Rows that did not emit get a value that the caller discards.
         """
         gaps = (state.emitted.unsqueeze(-1) - state.neighbor_times).to(state.neighbor_inputs.dtype)
-        return (self.compression_basis(gaps) * state.neighbor_inputs).sum(dim=1)
+        return torch.linalg.vecdot(self.compression_basis(gaps), state.neighbor_inputs, dim=1)
 
     def step_decompress(self, state):
-        """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m, 0 before any sample."""
-        scale = self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype))
-        return scale * state.last_output * (state.emitted > 0).unsqueeze(-1)
+        """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m.
+
+        Before the first sample (m = 0) this is 0 without a mask: last_output starts at zero and
+        only an emission changes it.
+        """
+        return self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype)) * state.last_output

@@ -190,12 +190,12 @@ class S4DMixer(nn.Module):
         return driven + carried
 
     def step(self, hidden_states, state):
-        """One element.  hidden_states (b, d); state: S4DState -> ((b, d), new S4DState)."""
+        """One element.  hidden_states (b, d) -> (b, d); `state` (S4DState) is advanced in place."""
         if self.bidirectional:
             raise NotImplementedError("a bidirectional S4D reads later elements: it cannot run one step at a time")
         dtA, B_bar = self.discretise()
         u = hidden_states.float()
-        ssm = torch.exp(dtA) * state.ssm + B_bar * u.unsqueeze(-1)
+        state.ssm.mul_(torch.exp(dtA)).add_(B_bar * u.unsqueeze(-1))
         C = torch.view_as_complex(self.C.float())[0]
-        y = 2 * (C * ssm).sum(-1).real + self.D.float() * u
-        return self._output(y, hidden_states.dtype), S4DState(ssm=ssm)
+        y = 2 * (C * state.ssm).sum(-1).real + self.D.float() * u
+        return self._output(y, hidden_states.dtype)

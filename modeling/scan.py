@@ -122,11 +122,12 @@ def selective_scan(x, delta, A, B, C, D, initial_state=None):
 
 
 def selective_state_update(state, x, delta, A, B, C, D):
-    """One step of the recurrence.  state: (b, d, n); x, delta: (b, d); B, C: (b, n).
+    """One step of the recurrence, in place (the contract of mamba-ssm's kernel of the same name).
 
-    Returns y: (b, d) and the new state.
+    state: (b, d, n) float32, overwritten with the new state;  x, delta: (b, d);  B, C: (b, n).
+    Returns y: (b, d) float32.
     """
-    decay = torch.exp(delta.float().unsqueeze(-1) * A.float())
-    state = decay * state + (delta.float() * x.float()).unsqueeze(-1) * B.float().unsqueeze(1)
-    y = torch.matmul(state, C.float().unsqueeze(-1)).squeeze(-1) + x.float() * D.float()
-    return y, state
+    x, delta = x.float(), delta.float()
+    state.mul_(torch.mul(delta.unsqueeze(-1), A).exp_())  # h <- exp(Δ·A) h
+    state.addcmul_((delta * x).unsqueeze(-1), B.float().unsqueeze(1))  # ... + Δ x B
+    return torch.addcmul(torch.matmul(state, C.float().unsqueeze(-1)).squeeze(-1), x, D.float())

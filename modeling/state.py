@@ -2,7 +2,8 @@
 
 Every tensor has the batch as its first axis, so a cache can reorder, select or expand rows
 (beam search, `num_return_sequences`) with one generic `map`. Sizes never depend on how many
-tokens were generated.
+tokens were generated. A forward pass returns new states; a decoding step (`step` methods)
+advances them in place, as mamba-ssm's kernels do, so a token costs no new state buffers.
 
     MixerState        conv (b, d_inner, conv_kernel)   last inputs of the causal convolution
                       ssm  (b, d_inner, n)             SSM state h, float32
@@ -20,33 +21,21 @@ import torch
 
 
 class _Rows:
-    """Shared helpers: apply a function to every tensor, or pick per-row between two states."""
+    """Shared helpers: apply a function to every tensor, or overwrite rows from another state in place."""
 
     def map(self, fn):
         return type(self)(**{f.name: _map(getattr(self, f.name), fn) for f in fields(self)})
 
-    def where(self, rows, other):
-        """Rows where `rows` (b,) is True come from self, the others from `other`."""
-        values = {}
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(mine, torch.Tensor):
-                mask = rows.view(-1, *([1] * (mine.dim() - 1)))
-                values[f.name] = torch.where(mask, mine, theirs)
-            else:
-                values[f.name] = mine.where(rows, theirs) if mine is not None else None
-        return type(self)(**values)
+    def copy_where_(self, rows, other):
+        """In place: rows where `rows` (b,) is True take their values from `other` (a state of b rows)."""
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mask = rows.view(-1, *([1] * (mine.dim() - 1)))
+            mine.copy_(torch.where(mask, theirs.to(mine.dtype), mine))
 
-    def replace_rows(self, rows, other):
-        """A copy of self whose rows `rows` (k,) are taken from `other` (a state of k rows)."""
-        values = {}
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(mine, torch.Tensor):
-                values[f.name] = mine.index_copy(0, rows, theirs.to(mine.dtype))
-            else:
-                values[f.name] = mine.replace_rows(rows, theirs) if mine is not None else None
-        return type(self)(**values)
+    def index_copy_(self, rows, other):
+        """In place: rows `rows` (k,) take their values from `other` (a state of k rows)."""
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mine.index_copy_(0, rows, theirs.to(mine.dtype))
 
     def tensors(self):
         for f in fields(self):

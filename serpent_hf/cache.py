@@ -3,7 +3,7 @@
 It holds, per layer and branch, the state of DESIGN.md section 3 (`modeling.state`): last K
 elements and their times, the clock, the emitted count, the SSM conv and ssm states and the
 last compressed output. Its size is fixed by the batch size and the config; it never grows
-with the number of generated tokens.
+with the number of generated tokens. Each decoding step advances these tensors in place.
 
 It deliberately does not subclass transformers' `Cache`: the attention-cache internals
 (`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
@@ -29,7 +29,8 @@ def config_signature(config):
 
 
 class SeRpEntCache:
-    is_compileable = False  # read by generate(); the state is updated out of place, not in fixed buffers
+    # Read by generate(): no torch.compile of the step (on a CPU it reads which rows emit to skip the others).
+    is_compileable = False
 
     def __init__(self, config, layer_states, num_tokens=0):
         self.signature = config_signature(config)

@@ -32,13 +32,8 @@ class StaticDecodeStep:
     def run(self):
         """The eager step over the static buffers (also what the graph records)."""
         hidden = self.model.embeddings(self.token_ids[:, 0])
-        new_states = []
         for layer, state in zip(self.model.layers, self.cache.layer_states):
-            hidden, state = layer.step(hidden, state)
-            new_states.append(state)
-        new_buffers = [tensor for layer in new_states for state in layer for tensor in state.tensors()]
-        for buffer, value in zip(self.buffers, new_buffers):
-            buffer.copy_(value)
+            hidden = layer.step(hidden, state)  # advances the static buffers in place
         self.hidden_states = self.model.norm_f(hidden).unsqueeze(1)
         return self.hidden_states
 

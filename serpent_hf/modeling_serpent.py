@@ -175,10 +175,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             previous = cache.layer_states[index] if resuming else None
-            if single_step:
-                step_output, state = layer.step(hidden_states[:, 0], previous)
-                hidden_states = step_output.unsqueeze(1)
-                stats = None
+            if single_step:  # the recurrent step advances the cache's state in place
+                hidden_states, state, stats = layer.step(hidden_states[:, 0], previous).unsqueeze(1), previous, None
             elif self.gradient_checkpointing and self.training:
                 hidden_states, state, stats = self._gradient_checkpointing_func(
                     layer.__call__, hidden_states, valid, previous, use_cache

@@ -74,8 +74,7 @@ def test_parallel_forward_matches_step_by_step_recurrence():
         parallel, final = mixer(x, return_state=True)
         state, steps = mixer.empty_state(2, x.device), []
         for t in range(x.shape[1]):
-            output, state = mixer.step(x[:, t], state)
-            steps.append(output)
+            steps.append(mixer.step(x[:, t], state))
     torch.testing.assert_close(parallel, torch.stack(steps, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(final.ssm, state.ssm, atol=1e-5, rtol=1e-5)
 

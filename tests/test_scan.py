@@ -54,10 +54,9 @@ def test_scan_equals_step_by_step_updates():
     A, B, C, D = -torch.rand(d, n) - 0.1, torch.randn(b, l, n), torch.randn(b, l, n), torch.randn(d)
     initial = torch.randn(b, d, n)
     y, final = selective_scan(x, delta, A, B, C, D, initial)
-    state, outputs = initial, []
+    state, outputs = initial.clone(), []
     for t in range(l):
-        out, state = selective_state_update(state, x[:, t], delta[:, t], A, B[:, t], C[:, t], D)
-        outputs.append(out)
+        outputs.append(selective_state_update(state, x[:, t], delta[:, t], A, B[:, t], C[:, t], D))
     torch.testing.assert_close(y, torch.stack(outputs, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(final, state, atol=1e-5, rtol=1e-5)
 
