@@ -198,3 +198,26 @@ def test_synchronisation_free_decoding_path_matches_forward(monkeypatch):
         full = model(ids).logits
         stepped, _ = stepwise_logits(model, ids, prefill=2)
     assert (stepped - full).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
+    """A step writes into the cache's own tensors (no new state per token; what a CUDA graph relies on),
+    in both decoding paths, and rows that do not emit keep their compressed-branch SSM state."""
+    monkeypatch.setattr("modeling.branch.host_reads_are_free", lambda device: cpu_path)
+    model = tiny_model(seed=15, compression_rates=[1.0, 0.5, 0.2])
+    ids = torch.randint(3, 97, (4, 20))
+    with torch.no_grad():
+        cache = model(ids[:, :3], use_cache=True).past_key_values
+        pointers = [tensor.data_ptr() for tensor in cache.tensors()]
+        partial_steps = 0
+        for position in range(3, ids.shape[1]):
+            branch = cache.layer_states[0][2]  # the rate-0.2 branch of the first layer
+            ssm_before, emitted_before = branch.mixer.ssm.clone(), branch.resampling.emitted.clone()
+            model(ids[:, position : position + 1], past_key_values=cache)
+            emits = branch.resampling.emitted != emitted_before
+            changed = (branch.mixer.ssm != ssm_before).flatten(1).any(-1)
+            assert torch.equal(changed, emits)
+            partial_steps += int(0 < emits.sum() < len(emits))
+            assert [tensor.data_ptr() for tensor in cache.tensors()] == pointers
+    assert partial_steps > 0  # the gather / write-back path ran
