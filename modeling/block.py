@@ -20,7 +20,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # Normalised in float32 (as Mamba does), scaled in the input dtype; one fused op, not five.
+        # Normalised in float32 (as Mamba does), then scaled in the input dtype.
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 

@@ -176,7 +176,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 all_hidden_states += (hidden_states,)
             previous = cache.layer_states[index] if resuming else None
             if single_step:  # the recurrent step advances the cache's state in place
-                hidden_states, state, stats = layer.step(hidden_states[:, 0], previous).unsqueeze(1), previous, None
+                hidden_states = layer.step(hidden_states[:, 0], previous).unsqueeze(1)
+                state, stats = previous, None
             elif self.gradient_checkpointing and self.training:
                 hidden_states, state, stats = self._gradient_checkpointing_func(
                     layer.__call__, hidden_states, valid, previous, use_cache
