@@ -29,9 +29,10 @@ def _chunk_forward(delta, x, A, B, previous):
     """States of one chunk.  delta, x (T, b, d); B (T, b, n); previous (b, d, n) -> decay, states (T, b, d, n)."""
     decay = torch.exp(delta.unsqueeze(-1) * A)
     states = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # the drive (Δ_t x_t) ⊗ B_t, overwritten by h_t
-    for t in range(delta.shape[0]):
-        torch.addcmul(states[t], decay[t], previous, out=states[t])
-        previous = states[t]
+    # One unbind per chunk: indexing states[t], decay[t] inside the loop costs three selects per step.
+    for decay_t, state_t in zip(decay.unbind(0), states.unbind(0)):
+        torch.addcmul(state_t, decay_t, previous, out=state_t)
+        previous = state_t
     return decay, states
 
 
@@ -78,12 +79,13 @@ class SelectiveScan(torch.autograd.Function):
             previous = entering[index]
             decay, states = _chunk_forward(delta[start:stop], x[start:stop], A, B[start:stop], previous)
             # Adjoint recurrence: g_t = C_t ⊗ ∂r_t + exp(Δ_{t+1}·A) ⊙ g_{t+1}.
-            grad_states = torch.empty_like(states)
-            for t in range(stop - start - 1, -1, -1):
-                torch.addcmul(carry, grad_readout[start + t].unsqueeze(-1), C[start + t].unsqueeze(1),
-                              out=grad_states[t])
-                carry = decay[t] * grad_states[t]
             piece = slice(start, stop)
+            grad_states = torch.empty_like(states)
+            steps = zip(grad_readout[piece].unsqueeze(-1).unbind(0), C[piece].unsqueeze(2).unbind(0),
+                        decay.unbind(0), grad_states.unbind(0))
+            for grad_readout_t, C_t, decay_t, grad_state_t in reversed(list(steps)):
+                torch.addcmul(carry, grad_readout_t, C_t, out=grad_state_t)
+                carry = decay_t * grad_state_t
             grad_C[piece] = torch.matmul(grad_readout[piece].unsqueeze(-2), states).squeeze(-2)  # Σ_d ∂r ⊙ h
             grad_scaled_input = torch.matmul(grad_states, B[piece].unsqueeze(-1)).squeeze(-1)  # Σ_n g ⊙ B
             scaled_input = delta[piece] * x[piece]
