@@ -78,7 +78,7 @@ def kernel(name, tensor, use_kernels):
 
 
 def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernels=None):
-    """Contract of `scan.selective_scan`: x, delta (b, l, d); B, C (b, l, n) -> y (b, l, d), final state.
+    """Contract of `scan.selective_scan`: x, delta (b, l, d); B, C (b, l, n) -> y (b, l, d), final state (b, n, d).
 
     The CUDA kernel starts from a zero state, so a scan that continues from a cached state
     (a multi-token forward with a cache) runs the reference.
@@ -97,15 +97,16 @@ def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernel
         delta_softplus=False,
         return_last_state=True,
     )
-    return y.transpose(1, 2), last_state
+    return y.transpose(1, 2), last_state.transpose(1, 2)  # the kernel's (b, d, n) state, seen as (b, n, d)
 
 
 def selective_state_update_dispatch(state, x, delta, A, B, C, D, use_kernels=None):
-    """Contract of `scan.selective_state_update`: `state` (b, d, n) is updated in place; returns y (b, d) float32."""
+    """Contract of `scan.selective_state_update`: `state` (b, n, d) is updated in place; returns y (b, d) float32."""
     function = kernel("selective_state_update", x, use_kernels)
     if function is None:
         return selective_state_update(state, x, delta, A, B, C, D)
-    return function(state, x, delta, A, B, C, D.float(), dt_softplus=False).float()
+    # The Triton kernel indexes the state through its strides: it updates the (b, d, n) view in place.
+    return function(state.transpose(1, 2), x, delta, A, B, C, D.float(), dt_softplus=False).float()
 
 
 def causal_conv_dispatch(context, weight, bias, use_kernels=None):
@@ -119,13 +120,14 @@ def causal_conv_dispatch(context, weight, bias, use_kernels=None):
 
 
 def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None):
-    """One conv step: conv_state (b, d, k) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d)."""
+    """One conv step: conv_state (b, k, d) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d)."""
     function = kernel("causal_conv1d_update", x, use_kernels)
     if function is None:
-        conv_state.copy_(torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
-        out = torch.linalg.vecdot(conv_state.to(x.dtype), weight[:, 0])
+        conv_state.copy_(torch.cat([conv_state[:, 1:], x.unsqueeze(1).to(conv_state.dtype)], dim=1))
+        out = torch.linalg.vecdot(conv_state.to(x.dtype), weight[:, 0].t(), dim=1)
         return F.silu(out if bias is None else out.add_(bias), inplace=True)
-    return function(x, conv_state, weight[:, 0], bias, activation="silu")
+    # The kernel indexes the state through its strides: it updates the (b, d, k) view in place.
+    return function(x, conv_state.transpose(1, 2), weight[:, 0], bias, activation="silu")
 
 
 def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):

@@ -9,8 +9,11 @@
 Parameter names match transformers' `MambaMixer`, so Mamba checkpoints load into a rate-1.0
 branch unchanged.
 
-Recurrent state (per row): `conv` (b, d_inner, conv_kernel) holds the last conv_kernel inputs
-of the convolution (the newest last), `ssm` (b, d_inner, n) the SSM state h.
+Recurrent state (per row), both channels last so that a decoding step works on contiguous
+rows of d_inner channels (about 2.5x faster on a CPU than reducing over the short axis):
+`conv` (b, conv_kernel, d_inner) holds the last conv_kernel inputs of the convolution (the
+newest last), `ssm` (b, n, d_inner) the SSM state h (see scan.py). mamba-ssm's kernels, which
+use (b, d_inner, ·), read and write the transposed views through their strides.
 
 Skipped steps: `valid` (b, l) marks real elements. An invalid element is an identity step:
 its conv input is zero and its Δ is zero, so exp(Δ·A) = 1 and nothing is added to h. Leading
@@ -92,8 +95,8 @@ class MambaMixer(nn.Module):
 
     def empty_state(self, batch_size, device, dtype=torch.float32):
         return MixerState(
-            conv=torch.zeros(batch_size, self.intermediate_size, self.conv_kernel, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.intermediate_size, self.state_size, device=device, dtype=torch.float32),
+            conv=torch.zeros(batch_size, self.conv_kernel, self.intermediate_size, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.state_size, self.intermediate_size, device=device, dtype=torch.float32),
         )
 
     def _ssm_inputs(self, x):
@@ -124,7 +127,7 @@ class MambaMixer(nn.Module):
         if state is None:
             context = F.pad(x_channels, (self.conv_kernel - 1, 0))
         else:
-            context = torch.cat([state.conv[..., 1:].to(x.dtype), x_channels], dim=-1)
+            context = torch.cat([state.conv[:, 1:].transpose(1, 2).to(x.dtype), x_channels], dim=-1)
         x = causal_conv_dispatch(context, self.conv1d.weight, self.conv1d.bias, self.use_kernels).transpose(1, 2)
 
         delta, B, C = self._ssm_inputs(x)
@@ -141,15 +144,16 @@ class MambaMixer(nn.Module):
         return out, MixerState(conv=self._final_conv_window(context, state, valid), ssm=final_ssm)
 
     def _final_conv_window(self, context, state, valid):
-        """The last `conv_kernel` inputs up to each row's last real element (the whole old window if none)."""
-        full = torch.cat([state.conv[..., :1].to(context.dtype), context], dim=-1)  # (b, d, k + l)
+        """The last `conv_kernel` inputs up to each row's last real element (the whole old window if none),
+        as a conv state (b, k, d)."""
+        full = torch.cat([state.conv[:, :1].transpose(1, 2).to(context.dtype), context], dim=-1)  # (b, d, k + l)
         length = full.shape[-1] - self.conv_kernel
         if valid is None:
-            return full[..., -self.conv_kernel :].contiguous()
+            return full[..., -self.conv_kernel :].transpose(1, 2).contiguous()
         positions = torch.arange(length, device=valid.device)
         last = torch.where(valid, positions, -1).amax(dim=-1)  # (b,), -1 when the row has no real element
         window = last.unsqueeze(-1) + 1 + torch.arange(self.conv_kernel, device=valid.device)  # (b, k)
-        return full.gather(-1, window.unsqueeze(1).expand(-1, full.shape[1], -1))
+        return full.transpose(1, 2).gather(1, window.unsqueeze(-1).expand(-1, -1, full.shape[1]))
 
     def step(self, hidden_states, state):
         """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""

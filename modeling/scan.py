@@ -7,6 +7,12 @@ Glossary (shapes):
     b  batch            l  sequence length
     d  channels (d_inner of the mixer)      n  state size (N)
 
+The state h is laid out (n, d), channels last, although A and mamba-ssm's kernels use (d, n):
+every per-step operation (decay, update, readout C·h) then runs over contiguous rows of d
+channels instead of reducing over a short axis of n, which is about 2.5x faster on a CPU.
+The decay exp(Δ·A) is computed as 2^(Δ·log2(e)·A), as mamba-ssm's kernels do: exp2 is
+about twice as fast as exp here.
+
 Why a custom autograd function: writing the recurrence as a Python loop that indexes
 `tensor[:, :, t]` makes autograd allocate a full-size zero tensor for every indexed step in
 the backward pass, so the backward costs O(L²) (this is what transformers' torch fallback
@@ -17,30 +23,38 @@ chunk by chunk, from recomputed states. Everything runs in float32 (the SSM is s
 to rounding).
 """
 
+import math
+
 import torch
 
+LOG2_E = math.log2(math.e)
 
-# Time steps per chunk are chosen so that one chunk of an (l, b, d, n) tensor is about this many
+# Time steps per chunk are chosen so that one chunk of an (l, b, n, d) tensor is about this many
 # float32 values (8 MiB): the chunk's decay, states and gradients stay in the CPU caches.
 CHUNK_ELEMENTS = 1 << 21
 
 
-def _chunk_forward(delta, x, A, B, previous):
-    """States of one chunk.  delta, x (T, b, d); B (T, b, n); previous (b, d, n) -> decay, states (T, b, d, n)."""
-    decay = torch.exp(delta.unsqueeze(-1) * A)
-    states = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # the drive (Δ_t x_t) ⊗ B_t, overwritten by h_t
+def decay(delta, A_transposed):
+    """exp(Δ·A) (..., n, d) from Δ (..., d) and A laid out (n, d), contiguous."""
+    return torch.exp2(torch.mul((delta * LOG2_E).unsqueeze(-2), A_transposed))
+
+
+def _chunk_forward(delta, x, A_transposed, B, previous):
+    """States of one chunk.  delta, x (T, b, d); B (T, b, n); previous (b, n, d) -> decay, states (T, b, n, d)."""
+    decays = decay(delta, A_transposed)
+    states = B.unsqueeze(-1) * (delta * x).unsqueeze(-2)  # the drive B_t ⊗ (Δ_t x_t), overwritten by h_t
     # One unbind per chunk: indexing states[t], decay[t] inside the loop costs three selects per step.
-    for decay_t, state_t in zip(decay.unbind(0), states.unbind(0)):
+    for decay_t, state_t in zip(decays.unbind(0), states.unbind(0)):
         torch.addcmul(state_t, decay_t, previous, out=state_t)
         previous = state_t
-    return decay, states
+    return decays, states
 
 
 class SelectiveScan(torch.autograd.Function):
     """The scan with its readout, h_t = exp(Δ_t·A) ⊙ h_{t-1} + (Δ_t·x_t) ⊗ B_t,  r_t = h_t · C_t.
 
-    Inputs are time-major: delta, x (l, b, d); A (d, n); B, C (l, b, n); initial (b, d, n).
-    Returns the readout r (l, b, d) and the final state (b, d, n).
+    Inputs are time-major: delta, x (l, b, d); A (d, n); B, C (l, b, n); initial (b, n, d).
+    Returns the readout r (l, b, d) and the final state (b, n, d).
 
     Time is cut into chunks. The forward pass keeps only the state entering each chunk; the
     backward pass recomputes one chunk's decay and states from it, runs the adjoint recurrence
@@ -54,12 +68,13 @@ class SelectiveScan(torch.autograd.Function):
         length = delta.shape[0]
         chunk = max(1, CHUNK_ELEMENTS // max(1, initial.numel()))
         readout = delta.new_empty(delta.shape)
+        A_transposed = A.t().contiguous()
         entering, state = [], initial
         for start in range(0, length, chunk):
             stop = min(start + chunk, length)
             entering.append(state)
-            _, states = _chunk_forward(delta[start:stop], x[start:stop], A, B[start:stop], state)
-            torch.matmul(states, C[start:stop].unsqueeze(-1), out=readout[start:stop].unsqueeze(-1))
+            _, states = _chunk_forward(delta[start:stop], x[start:stop], A_transposed, B[start:stop], state)
+            torch.matmul(C[start:stop].unsqueeze(-2), states, out=readout[start:stop].unsqueeze(-2))
             state = states[-1].clone()
         ctx.chunk = chunk
         ctx.save_for_backward(delta, x, A, B, C, *entering)
@@ -72,33 +87,34 @@ class SelectiveScan(torch.autograd.Function):
         grad_readout = grad_readout.contiguous()
         grad_delta, grad_x = torch.empty_like(delta), torch.empty_like(x)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        grad_A = torch.zeros_like(A)
+        A_transposed = A.t().contiguous()
+        grad_A_transposed = torch.zeros_like(A_transposed)
         carry = grad_final.contiguous() if grad_final is not None else torch.zeros_like(entering[0])
         for index in range((length + chunk - 1) // chunk - 1, -1, -1):
             start, stop = index * chunk, min(index * chunk + chunk, length)
             previous = entering[index]
-            decay, states = _chunk_forward(delta[start:stop], x[start:stop], A, B[start:stop], previous)
+            decays, states = _chunk_forward(delta[start:stop], x[start:stop], A_transposed, B[start:stop], previous)
             # Adjoint recurrence: g_t = C_t ⊗ ∂r_t + exp(Δ_{t+1}·A) ⊙ g_{t+1}.
             piece = slice(start, stop)
             grad_states = torch.empty_like(states)
-            steps = zip(grad_readout[piece].unsqueeze(-1).unbind(0), C[piece].unsqueeze(2).unbind(0),
-                        decay.unbind(0), grad_states.unbind(0))
+            steps = zip(grad_readout[piece].unsqueeze(-2).unbind(0), C[piece].unsqueeze(-1).unbind(0),
+                        decays.unbind(0), grad_states.unbind(0))
             for grad_readout_t, C_t, decay_t, grad_state_t in reversed(list(steps)):
-                torch.addcmul(carry, grad_readout_t, C_t, out=grad_state_t)
+                torch.addcmul(carry, C_t, grad_readout_t, out=grad_state_t)
                 carry = decay_t * grad_state_t
-            grad_C[piece] = torch.matmul(grad_readout[piece].unsqueeze(-2), states).squeeze(-2)  # Σ_d ∂r ⊙ h
-            grad_scaled_input = torch.matmul(grad_states, B[piece].unsqueeze(-1)).squeeze(-1)  # Σ_n g ⊙ B
+            grad_C[piece] = torch.matmul(states, grad_readout[piece].unsqueeze(-1)).squeeze(-1)  # Σ_d h ⊙ ∂r
+            grad_scaled_input = torch.matmul(B[piece].unsqueeze(-2), grad_states).squeeze(-2)  # Σ_n B ⊙ g
             scaled_input = delta[piece] * x[piece]
-            grad_B[piece] = torch.matmul(scaled_input.unsqueeze(-2), grad_states).squeeze(-2)  # Σ_d g ⊙ Δx
+            grad_B[piece] = torch.matmul(grad_states, scaled_input.unsqueeze(-1)).squeeze(-1)  # Σ_d g ⊙ Δx
             # ∂(Δ·A) = g_t ⊙ h_{t-1} ⊙ exp(Δ_t·A); h_{t-1} is the previous state within the chunk.
             grad_exponent = grad_states
             grad_exponent[1:].mul_(states[:-1])
             grad_exponent[0].mul_(previous)
-            grad_exponent.mul_(decay)
-            grad_A += (grad_exponent * delta[piece].unsqueeze(-1)).sum(dim=(0, 1))
-            grad_delta[piece] = grad_exponent.mul_(A).sum(-1) + grad_scaled_input * x[piece]
+            grad_exponent.mul_(decays)
+            grad_A_transposed += (grad_exponent * delta[piece].unsqueeze(-2)).sum(dim=(0, 1))
+            grad_delta[piece] = grad_exponent.mul_(A_transposed).sum(-2) + grad_scaled_input * x[piece]
             grad_x[piece] = grad_scaled_input * delta[piece]
-        return grad_delta, grad_x, grad_A, grad_B, grad_C, carry
+        return grad_delta, grad_x, grad_A_transposed.t(), grad_B, grad_C, carry
 
 
 def selective_scan(x, delta, A, B, C, D, initial_state=None):
@@ -106,13 +122,13 @@ def selective_scan(x, delta, A, B, C, D, initial_state=None):
 
     x, delta: (b, l, d)  — delta already positive (after softplus) and 0 on skipped steps
     A: (d, n) negative real;  B, C: (b, l, n);  D: (d,)
-    initial_state: (b, d, n) or None (zeros)
-    Returns y: (b, l, d) and the final state (b, d, n), all float32.
+    initial_state: (b, n, d) or None (zeros)
+    Returns y: (b, l, d) and the final state (b, n, d), all float32.
     """
     x, delta, B, C = x.float(), delta.float(), B.float(), C.float()
     batch, length, channels = x.shape
     if initial_state is None:
-        initial_state = x.new_zeros(batch, channels, A.shape[-1])
+        initial_state = x.new_zeros(batch, A.shape[-1], channels)
 
     def time_major(tensor):  # (b, l, ...) -> contiguous (l, b, ...): one time step per memory slab
         return tensor.transpose(0, 1).contiguous()
@@ -124,12 +140,13 @@ def selective_scan(x, delta, A, B, C, D, initial_state=None):
 
 
 def selective_state_update(state, x, delta, A, B, C, D):
-    """One step of the recurrence, in place (the contract of mamba-ssm's kernel of the same name).
+    """One step of the recurrence, in place (the contract of mamba-ssm's kernel of the same name,
+    with the state laid out (n, d) as everywhere in this module).
 
-    state: (b, d, n) float32, overwritten with the new state;  x, delta: (b, d);  B, C: (b, n).
+    state: (b, n, d) float32, overwritten with the new state;  x, delta: (b, d);  A: (d, n);  B, C: (b, n).
     Returns y: (b, d) float32.
     """
     x, delta = x.float(), delta.float()
-    state.mul_(torch.mul(delta.unsqueeze(-1), A).exp_())  # h <- exp(Δ·A) h
-    state.addcmul_((delta * x).unsqueeze(-1), B.float().unsqueeze(1))  # ... + Δ x B
-    return torch.addcmul(torch.matmul(state, C.float().unsqueeze(-1)).squeeze(-1), x, D.float())
+    state.mul_(decay(delta, A.t().contiguous()))  # h <- exp(Δ·A) h
+    state.addcmul_(B.float().unsqueeze(-1), (delta * x).unsqueeze(-2))  # ... + B ⊗ Δx
+    return torch.baddbmm((x * D.float()).unsqueeze(-2), C.float().unsqueeze(-2), state).squeeze(-2)  # C·h + D x

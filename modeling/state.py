@@ -5,8 +5,8 @@ Every tensor has the batch as its first axis, so a cache can reorder, select or 
 tokens were generated. A forward pass returns new states; a decoding step (`step` methods)
 advances them in place, as mamba-ssm's kernels do, so a token costs no new state buffers.
 
-    MixerState        conv (b, d_inner, conv_kernel)   last inputs of the causal convolution
-                      ssm  (b, d_inner, n)             SSM state h, float32
+    MixerState        conv (b, conv_kernel, d_inner)   last inputs of the causal convolution
+                      ssm  (b, n, d_inner)             SSM state h, float32, channels last
     S4DState          ssm  (b, d, n/2) complex64       S4D state h (one of each conjugate pair)
     ResamplingState   neighbor_inputs (b, K, hidden)   last K elements x_n (oldest first)
                       neighbor_times  (b, K) float64   their clock times t_n

@@ -6,11 +6,11 @@ from modeling.scan import SelectiveScan, selective_scan, selective_state_update
 
 
 def naive_scan(delta, x, A, B, C, initial):
-    """The recurrence written plainly (time-major inputs), differentiated by autograd."""
+    """The recurrence written plainly (time-major inputs, state (b, n, d)), differentiated by autograd."""
     readouts, h = [], initial
     for t in range(delta.shape[0]):
-        h = torch.exp(delta[t].unsqueeze(-1) * A) * h + (delta[t] * x[t]).unsqueeze(-1) * B[t].unsqueeze(1)
-        readouts.append((h * C[t].unsqueeze(1)).sum(-1))
+        h = torch.exp(delta[t].unsqueeze(-2) * A.t()) * h + B[t].unsqueeze(-1) * (delta[t] * x[t]).unsqueeze(-2)
+        readouts.append((C[t].unsqueeze(-1) * h).sum(-2))
     return torch.stack(readouts), h
 
 
@@ -23,7 +23,7 @@ def scan_inputs(length, seed):
         (-torch.rand(d, n, dtype=torch.float64) - 0.1).requires_grad_(),
         torch.randn(l, b, n, dtype=torch.float64, requires_grad=True),
         torch.randn(l, b, n, dtype=torch.float64, requires_grad=True),
-        torch.randn(b, d, n, dtype=torch.float64, requires_grad=True),
+        torch.randn(b, n, d, dtype=torch.float64, requires_grad=True),
     )
 
 
@@ -52,7 +52,7 @@ def test_scan_equals_step_by_step_updates():
     b, l, d, n = 2, 9, 5, 3
     x, delta = torch.randn(b, l, d), torch.rand(b, l, d)
     A, B, C, D = -torch.rand(d, n) - 0.1, torch.randn(b, l, n), torch.randn(b, l, n), torch.randn(d)
-    initial = torch.randn(b, d, n)
+    initial = torch.randn(b, n, d)
     y, final = selective_scan(x, delta, A, B, C, D, initial)
     state, outputs = initial.clone(), []
     for t in range(l):
