@@ -36,7 +36,7 @@ CHUNK_ELEMENTS = 1 << 21
 
 def decay(delta, A_transposed):
     """exp(Δ·A) (..., n, d) from Δ (..., d) and A laid out (n, d), contiguous."""
-    return torch.exp2(torch.mul((delta * LOG2_E).unsqueeze(-2), A_transposed))
+    return torch.mul((delta * LOG2_E).unsqueeze(-2), A_transposed).exp2_()  # in place: one (.., n, d) buffer
 
 
 def _chunk_forward(delta, x, A_transposed, B, previous):
