@@ -115,7 +115,8 @@ class MambaMixer(nn.Module):
             fused = fused_mixer_dispatch(self, hidden_states, self.use_kernels)
             if fused is not None:
                 return fused, None
-        if state is None and return_state:
+        fresh = state is None  # a new sequence: the scan starts from zero, as the CUDA kernel does
+        if fresh and return_state:
             state = self.empty_state(batch, hidden_states.device, hidden_states.dtype)
         if length == 0:  # a compressed chunk in which no row emitted a sample: nothing changes
             return hidden_states.new_zeros(batch, 0, self.hidden_size), state
@@ -124,7 +125,7 @@ class MambaMixer(nn.Module):
             x = x * valid.unsqueeze(-1).to(x.dtype)
         # (b, d_inner, k-1 + l): the last k-1 inputs of the previous chunk give the conv its causal context.
         x_channels = x.transpose(1, 2)
-        if state is None:
+        if fresh:
             context = F.pad(x_channels, (self.conv_kernel - 1, 0))
         else:
             context = torch.cat([state.conv[:, 1:].transpose(1, 2).to(x.dtype), x_channels], dim=-1)
@@ -135,7 +136,7 @@ class MambaMixer(nn.Module):
             delta = delta * valid.unsqueeze(-1)
         A = -torch.exp(self.A_log.float())
         y, final_ssm = selective_scan_dispatch(
-            x, delta, A, B, C, self.D, None if state is None else state.ssm, use_kernels=self.use_kernels
+            x, delta, A, B, C, self.D, None if fresh else state.ssm, use_kernels=self.use_kernels
         )
         y = y.to(hidden_states.dtype) * F.silu(z)
         out = self.out_proj(y)

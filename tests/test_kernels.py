@@ -70,6 +70,63 @@ def test_bfloat16_autocast_training_stays_finite_with_float32_ssm_state():
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
 
 
+# The kernels' contracts in their own (b, d, ·) layouts, written plainly: what mamba-ssm and causal-conv1d compute.
+def plain_selective_scan_fn(u, delta, A, B, C, D, delta_softplus=False, return_last_state=True):
+    """u, delta (b, d, l); B, C (b, n, l); a zero start state -> y (b, d, l), last state (b, d, n)."""
+    state, outputs = u.new_zeros(*u.shape[:2], A.shape[1]), []
+    for t in range(u.shape[-1]):
+        state = torch.exp(delta[..., t, None] * A) * state + (delta[..., t] * u[..., t])[..., None] * B[:, None, :, t]
+        outputs.append((state * C[:, None, :, t]).sum(-1) + D * u[..., t])
+    return torch.stack(outputs, -1), state
+
+
+def plain_selective_state_update(state, x, dt, A, B, C, D, dt_softplus=False):
+    """state (b, d, n) advanced in place; x, dt (b, d); B, C (b, n) -> y (b, d)."""
+    state.copy_(torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B[:, None])
+    return (state * C[:, None]).sum(-1) + D * x
+
+
+def plain_causal_conv1d_fn(x, weight, bias, activation):
+    """x (b, d, l), weight (d, k) -> silu(causal depthwise conv) (b, d, l)."""
+    padded = torch.nn.functional.pad(x, (weight.shape[1] - 1, 0))
+    return torch.nn.functional.silu(torch.nn.functional.conv1d(padded, weight[:, None], bias, groups=x.shape[1]))
+
+
+def plain_causal_conv1d_update(x, conv_state, weight, bias, activation):
+    """conv_state (b, d, k) shifted left in place and x (b, d) appended -> silu(conv) (b, d)."""
+    conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None]], -1))
+    return torch.nn.functional.silu((conv_state * weight).sum(-1) + bias)
+
+
+PLAIN_KERNELS = {
+    "selective_scan_fn": plain_selective_scan_fn,
+    "selective_state_update": plain_selective_state_update,
+    "causal_conv1d_fn": plain_causal_conv1d_fn,
+    "causal_conv1d_update": plain_causal_conv1d_update,
+}
+
+
+def test_kernel_calls_see_their_own_layouts_and_update_the_cache_in_place(monkeypatch):
+    """On any machine: the dispatch hands each kernel the (b, d, ·) views it expects of the
+    channels-last cache, and in-place kernel updates reach the cache. Each kernel is replaced
+    by its contract written plainly; decoding must still equal the full forward pass."""
+    model = tiny_model(seed=7)
+    ids = torch.randint(3, 97, (3, 30))
+
+    def decode():
+        with torch.no_grad():
+            out = model(ids[:, :9], use_cache=True)
+            cache, pieces = out.past_key_values, [out.logits]
+            for t in range(9, ids.shape[1]):
+                pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        return torch.cat(pieces, 1)
+
+    with torch.no_grad():
+        full = model(ids).logits
+    monkeypatch.setattr(kernels, "kernel", lambda name, tensor, use_kernels: PLAIN_KERNELS.get(name))
+    assert (decode() - full).abs().max().item() < 1e-4
+
+
 @requires_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
