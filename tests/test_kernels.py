@@ -80,8 +80,9 @@ def plain_selective_scan_fn(u, delta, A, B, C, D, delta_softplus=False, return_l
     return torch.stack(outputs, -1), state
 
 
-def plain_selective_state_update(state, x, dt, A, B, C, D, dt_softplus=False):
+def plain_selective_state_update(state, x, dt, A, B, C, D, dt_bias=None, dt_softplus=False):
     """state (b, d, n) advanced in place; x, dt (b, d); B, C (b, n) -> y (b, d)."""
+    dt = dt if dt_bias is None else dt + dt_bias
     state.copy_(torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B[:, None])
     return (state * C[:, None]).sum(-1) + D * x
 
