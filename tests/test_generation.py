@@ -147,7 +147,8 @@ def word_tokenizer():
 
 def test_text_generation_pipeline_continues_like_greedy_generate():
     model, tokenizer = tiny_model(seed=15), word_tokenizer()
-    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    # device pinned: on a machine with a GPU the pipeline would otherwise move the model there.
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
     text = generator("w5 w9 w11", max_new_tokens=6, do_sample=False, eos_token_id=None)[0]["generated_text"]
     expected = model.generate(tokenizer("w5 w9 w11", return_tensors="pt").input_ids, max_new_tokens=6,
                               do_sample=False, eos_token_id=None, pad_token_id=0)
