@@ -86,7 +86,8 @@ def selective_scan_dispatch(x, delta, A, B, C, D, initial_state=None, use_kernel
     function = kernel("selective_scan_fn", x, use_kernels) if initial_state is None else None
     if function is None:
         return selective_scan(x, delta, A, B, C, D, initial_state)
-    # Kernel layout is channels-first: u, delta (b, d, l); B, C (b, n, l). Δ is final (softplus done, 0 on skipped steps).
+    # Kernel layout is channels-first: u, delta (b, d, l); B, C (b, n, l).
+    # Δ is final (softplus done, 0 on skipped steps).
     # The kernel wants u, Δ, B and C in one dtype; float32, as the reference computes (Δ is float32 under autocast).
     y, last_state = function(
         x.transpose(1, 2).float().contiguous(),
@@ -109,7 +110,8 @@ def selective_state_update_dispatch(state, x, delta, A, B, C, D, use_kernels=Non
     # The Triton kernel indexes the state through its strides: it updates the (b, d, n) view in place.
     # dt_bias is zeros (Δ + 0 is exact) because mamba-ssm 2.3.2's kernel call fails when it is None.
     D = D.float()
-    return function(state.transpose(1, 2), x, delta, A, B, C, D, dt_bias=torch.zeros_like(D), dt_softplus=False).float()
+    y = function(state.transpose(1, 2), x, delta, A, B, C, D, dt_bias=torch.zeros_like(D), dt_softplus=False)
+    return y.float()
 
 
 def causal_conv_dispatch(context, weight, bias, use_kernels=None):

@@ -46,4 +46,4 @@ for source in "$work"/*/; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-python -c "import causal_conv1d, mamba_ssm; print('kernels ready: mamba-ssm', mamba_ssm.__version__, 'causal-conv1d', causal_conv1d.__version__)"
+python -c "import causal_conv1d as c, mamba_ssm as m; print('kernels ready: mamba-ssm', m.__version__, 'causal-conv1d', c.__version__)"
