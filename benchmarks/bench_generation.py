@@ -11,7 +11,7 @@ our equal-parameter Mamba baseline (14 layers). Ratios are against HF Mamba and 
 
 How decode is timed (the same loop for every model, which we take as the fairest choice): one
 untimed prefill of the prompt with use_cache=True, then `new_tokens` calls of the model on the
-argmax token with the cache (`past_key_values=` for SeRpEnt, `cache_params=` for HF Mamba)
+argmax token with the cache (`cache=` from transformers 5.24 on; `past_key_values=` / `cache_params=` before)
 under torch.inference_mode, timed as a whole. This is exactly the per-token work `generate()`
 does, without its logits-processor and stopping-criteria overhead, which is the same for all
 models. Prefill calls model(ids, use_cache=True, logits_to_keep=1) once per round. Models run in

@@ -121,8 +121,11 @@ def build_model(name, seed=0):
 
 
 def cache_keyword(name):
-    """transformers' Mamba takes its state as `cache_params`, SeRpEnt as `past_key_values`."""
-    return "cache_params" if name == ANCHOR else "past_key_values"
+    """The name under which a model takes and returns its cache in the installed transformers:
+    `cache` from 5.24 on; before, `cache_params` for transformers' Mamba and `past_key_values` for SeRpEnt."""
+    from serpent_hf.compat import CACHE_NAME
+
+    return "cache_params" if name == ANCHOR and CACHE_NAME == "past_key_values" else CACHE_NAME
 
 
 def count_parameters(model):

@@ -8,7 +8,8 @@ with the number of generated tokens. Each decoding step advances these tensors i
 It deliberately does not subclass transformers' `Cache`: the attention-cache internals
 (`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
 transformers releases, and generate() only needs what is here: a `reorder_cache` for beam
-search and the cache returned under `past_key_values`.
+search and the cache returned in the model's output (under `cache`, or `past_key_values`
+before transformers 5.24; see compat.py).
 """
 
 import torch
@@ -57,9 +58,9 @@ class SeRpEntCache:
             names = ("num_hidden_layers", "hidden_size", "intermediate_size", "state_size", "conv_kernel",
                      "compression_rates", "num_neighbors", "ssm_type")
             diffs = [f"{n}: cache {a} vs model {b}" for n, a, b in zip(names, self.signature, expected) if a != b]
-            raise ValueError("past_key_values was built for another model config (" + "; ".join(diffs) + ")")
+            raise ValueError("the cache was built for another model config (" + "; ".join(diffs) + ")")
         if self.batch_size != batch_size:
-            raise ValueError(f"past_key_values holds {self.batch_size} rows but the input has {batch_size}")
+            raise ValueError(f"the cache holds {self.batch_size} rows but the input has {batch_size}")
 
     def _apply(self, fn):
         self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]

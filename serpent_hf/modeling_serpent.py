@@ -9,49 +9,38 @@ the problem.
     SeRpEntForCausalLM:  SeRpEntModel -> lm_head (tied to the embeddings by default)
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
-from transformers.utils import ModelOutput
 
 from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork
 
 from .cache import SeRpEntCache
+from .compat import CACHE_NAME, output_class, resolve_cache
 from .configuration_serpent import SeRpEntConfig
 from .cuda_graphs import StaticDecodeStep
 
 
-@dataclass
-class SeRpEntModelOutput(ModelOutput):
+SeRpEntModelOutput = output_class(
+    "SeRpEntModelOutput",
     """
     last_hidden_state: (batch, length, hidden_size) after the final norm.
-    past_key_values: SeRpEntCache with the state after the last token (when use_cache).
+    cache (`past_key_values` before transformers 5.24): SeRpEntCache with the state after the last
+        token (when use_cache).
     hidden_states: the input of every block and the final output (when output_hidden_states).
     compressed_lengths: (layers, batch, branches) compressed samples each branch produced in this call.
     deltas: (layers, batch, branches, length) Δ of every element (when output_deltas), 0 on padding.
-    """
+    """,
+    ["last_hidden_state", "cache", "hidden_states", "compressed_lengths", "deltas"],
+)
 
-    last_hidden_state: torch.Tensor | None = None
-    past_key_values: SeRpEntCache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    compressed_lengths: torch.Tensor | None = None
-    deltas: torch.Tensor | None = None
-
-
-@dataclass
-class SeRpEntCausalLMOutput(ModelOutput):
-    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as SeRpEntModelOutput."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: SeRpEntCache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    compressed_lengths: torch.Tensor | None = None
-    deltas: torch.Tensor | None = None
+SeRpEntCausalLMOutput = output_class(
+    "SeRpEntCausalLMOutput",
+    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as SeRpEntModelOutput.""",
+    ["loss", "logits", "cache", "hidden_states", "compressed_lengths", "deltas"],
+)
 
 
 class SeRpEntPreTrainedModel(PreTrainedModel):
@@ -135,17 +124,19 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         inputs_embeds=None,
-        past_key_values=None,
+        cache=None,
         use_cache=None,
         output_hidden_states=None,
         output_deltas=False,
         return_dict=None,
+        past_key_values=None,
         **kwargs,
     ):
         r"""
         attention_mask: (batch, length), or (batch, past + length) with a cache; 0 marks padding, which
             does not move the clock and is invisible to every real token.
-        past_key_values: a SeRpEntCache to continue from (returned by the previous call with use_cache=True).
+        cache: a SeRpEntCache to continue from (returned by the previous call with use_cache=True);
+            `past_key_values` is the same argument under its name before transformers 5.24.
         output_deltas: also return Δ of every element, per layer and branch.
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -153,11 +144,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, past_key_values)
+        cache = resolve_cache(cache, past_key_values)
+        valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, cache)
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = hidden_states.shape[:2]
 
-        cache = past_key_values
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
@@ -166,7 +157,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             if cache.decode_step is None:
                 cache.decode_step = StaticDecodeStep(self, cache).capture()
             cache.num_tokens += 1
-            output = SeRpEntModelOutput(last_hidden_state=cache.decode_step(input_ids), past_key_values=cache)
+            output = SeRpEntModelOutput(last_hidden_state=cache.decode_step(input_ids), **{CACHE_NAME: cache})
             return output if return_dict else output.to_tuple()
         all_hidden_states = () if output_hidden_states else None
         lengths, deltas = [], []
@@ -200,7 +191,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             cache = SeRpEntCache(self.config, new_states, num_tokens=length)
         output = SeRpEntModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=cache if (use_cache or past_key_values is not None) else None,
+            **{CACHE_NAME: cache},
             hidden_states=all_hidden_states,
             compressed_lengths=torch.stack(lengths) if lengths else None,
             deltas=torch.stack(deltas) if deltas else None,
@@ -229,17 +220,19 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         return False
 
     def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, use_cache=True, **kwargs
+        self, input_ids, cache=None, attention_mask=None, inputs_embeds=None, use_cache=True, past_key_values=None,
+        **kwargs,
     ):
         """Feed only the tokens the cache has not consumed yet (all of them before the first call)."""
-        consumed = past_key_values.num_tokens if past_key_values is not None else 0
+        cache = resolve_cache(cache, past_key_values)
+        consumed = cache.num_tokens if cache is not None else 0
         if inputs_embeds is not None and consumed == 0:
             model_inputs = {"inputs_embeds": inputs_embeds, "input_ids": None}
         else:
             model_inputs = {"input_ids": input_ids[:, consumed:].contiguous()}
         if attention_mask is not None and not (consumed > 0 and input_ids.shape[1] - consumed == 1):
             model_inputs["attention_mask"] = attention_mask  # generated tokens are never padding
-        model_inputs.update(past_key_values=past_key_values, use_cache=use_cache)
+        model_inputs.update({CACHE_NAME: cache, "use_cache": use_cache})
         for key in ("logits_to_keep", "output_hidden_states", "output_deltas"):
             if key in kwargs:
                 model_inputs[key] = kwargs[key]
@@ -250,13 +243,14 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         inputs_embeds=None,
-        past_key_values=None,
+        cache=None,
         labels=None,
         use_cache=None,
         output_hidden_states=None,
         output_deltas=False,
         return_dict=None,
         logits_to_keep=0,
+        past_key_values=None,
         **kwargs,
     ):
         r"""
@@ -269,7 +263,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_deltas=output_deltas,
@@ -284,7 +278,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         output = SeRpEntCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: outputs.get(CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             compressed_lengths=outputs.compressed_lengths,
             deltas=outputs.deltas,

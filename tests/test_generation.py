@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, TextStreamer, pipeline
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from serpent_hf import SeRpEntCache
+from serpent_hf.compat import CACHE_NAME
 
 from .conftest import tiny_model
 
@@ -188,6 +190,24 @@ def test_generation_errors_name_the_problem():
     cache = model(torch.tensor([[5, 6]]), use_cache=True).past_key_values
     with pytest.raises(ValueError, match="holds 1 rows but the input has 2"):
         model(torch.tensor([[7], [8]]), past_key_values=cache)
+    with pytest.raises(ValueError, match="not both"):
+        model(torch.tensor([[7]]), cache=cache, past_key_values=cache)
+
+
+def test_the_cache_goes_by_the_installed_transformers_name_and_the_old_one_still_works():
+    """generate() finds the cache only under its release's name (`cache` from 5.24 on, `past_key_values`
+    before): our output field is the one transformers' own CausalLMOutputWithPast has."""
+    model = tiny_model(seed=14, compression_rates=[1.0, 0.5])
+    assert CACHE_NAME in CausalLMOutputWithPast.__dataclass_fields__
+    ids = torch.randint(3, 97, (2, 9))
+    out = model(ids[:, :6], use_cache=True)
+    assert isinstance(out[CACHE_NAME], SeRpEntCache)
+    assert [k for k in out.keys() if isinstance(out[k], SeRpEntCache)] == [CACHE_NAME]
+    twin = model(ids[:, :6], use_cache=True)[CACHE_NAME]
+    by_new_name = model(ids[:, 6:], cache=out[CACHE_NAME]).logits
+    by_old_name = model(ids[:, 6:], past_key_values=twin).logits
+    torch.testing.assert_close(by_new_name, by_old_name, rtol=0, atol=0)
+    torch.testing.assert_close(by_new_name, model(ids).logits[:, 6:], rtol=0, atol=1e-5)
 
 
 def test_synchronisation_free_decoding_path_matches_forward(monkeypatch):

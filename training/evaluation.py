@@ -15,7 +15,7 @@ from serpent_hf.metrics import TOP_K_ACCURACY
 
 TOP_K = 5
 # Model outputs that are not logits: the Trainer must not gather them.
-IGNORE_KEYS = ["past_key_values", "cache_params", "hidden_states", "attentions", "deltas", "compressed_lengths"]
+IGNORE_KEYS = ["cache", "past_key_values", "cache_params", "hidden_states", "attentions", "deltas", "compressed_lengths"]
 
 
 def preprocess_logits_for_metrics(logits, labels):

@@ -1,0 +1,30 @@
+"""What differs between the transformers releases we support (5.17 through the latest 5.x).
+
+transformers 5.24 renamed the cache that models take and return from `past_key_values` to
+`cache` (the old name still works there, with a deprecation warning). generate() looks for the
+cache in a model's output under its own release's name only, so our outputs carry it under
+that name (`CACHE_NAME`), and our forward methods accept either name.
+"""
+
+from dataclasses import field, make_dataclass
+
+from transformers.utils import ModelOutput
+
+# From 5.24 on, ModelOutput answers the old name through a property that reads `cache`.
+CACHE_NAME = "cache" if isinstance(getattr(ModelOutput, "past_key_values", None), property) else "past_key_values"
+
+
+def resolve_cache(cache, past_key_values):
+    """The cache passed under either name; both at once is ambiguous."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def output_class(name, doc, field_names):
+    """A ModelOutput dataclass whose fields (all defaulting to None) are `field_names` in order;
+    the name "cache" is spelled as this transformers release spells it."""
+    fields = [(CACHE_NAME if f == "cache" else f, object, field(default=None)) for f in field_names]
+    cls = make_dataclass(name, fields, bases=(ModelOutput,), namespace={"__doc__": doc})
+    cls.__module__ = "serpent_hf.modeling_serpent"
+    return cls
