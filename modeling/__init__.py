@@ -3,6 +3,7 @@
 Read in this order, which is the order of DESIGN.md:
     scan.py          the selective scan (reference, linear-time forward and backward)
     kernels.py       dispatch to mamba-ssm's CUDA kernels when they can run
+    decoding.py      a decoding step's matrix products on a CPU (transposed weight copies)
     mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
     s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
@@ -13,6 +14,7 @@ Read in this order, which is the order of DESIGN.md:
 
 from .block import RMSNorm, SeRpEntBlock
 from .branch import Branch, BranchStatistics
+from .decoding import decoding_linear
 from .mamba_mixer import MambaMixer
 from .resampling import CLOCK_QUANTUM, GaussianBasis, SelectiveResampler, SelectivityNetwork
 from .s4d import S4DMixer
@@ -33,4 +35,5 @@ __all__ = [
     "SeRpEntBlock",
     "SelectiveResampler",
     "SelectivityNetwork",
+    "decoding_linear",
 ]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decoding import decoding_linear
 from .kernels import (
     causal_conv_dispatch,
     conv_step_dispatch,
@@ -158,7 +159,7 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden_states, state):
         """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        x, z = decoding_linear(self.in_proj, hidden_states).chunk(2, dim=-1)
         x = conv_step_dispatch(state.conv, x, self.conv1d.weight, self.conv1d.bias, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())

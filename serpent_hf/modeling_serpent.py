@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
 
-from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork
+from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork, decoding_linear
 
 from .cache import SeRpEntCache
 from .compat import CACHE_NAME, output_class, resolve_cache
@@ -271,7 +271,11 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep]).float()
+        hidden_states = hidden_states[:, keep]
+        if hidden_states.shape[1] == 1:  # a decoding step, or a prefill that keeps the last logits: few rows
+            logits = decoding_linear(self.lm_head, hidden_states).float()
+        else:
+            logits = self.lm_head(hidden_states).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

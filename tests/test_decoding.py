@@ -1,0 +1,74 @@
+"""A decoding step's matrix products through a transposed weight copy equal nn.Linear, and follow the weight."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from modeling import decoding_linear
+
+from .conftest import tiny_model
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 16), features=st.integers(1, 40), outputs=st.integers(1, 70), bias=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_decoding_linear_equals_linear(rows, features, outputs, bias, seed):
+    torch.manual_seed(seed)
+    linear = nn.Linear(features, outputs, bias=bias)
+    x = torch.randn(rows, 1, features)
+    with torch.inference_mode():
+        torch.testing.assert_close(decoding_linear(linear, x), linear(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_copy_follows_every_change_of_the_weight():
+    linear = nn.Linear(8, 32)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        decoding_linear(linear, x)  # builds the copy
+        linear.weight.mul_(-2.0)  # an optimiser step or load_state_dict changes the weight in place
+        torch.testing.assert_close(decoding_linear(linear, x), linear(x))
+        linear.load_state_dict(nn.Linear(8, 32).state_dict())
+        torch.testing.assert_close(decoding_linear(linear, x), linear(x))
+    linear.double()
+    with torch.no_grad():
+        assert decoding_linear(linear, x.double()).dtype == torch.float64
+        torch.testing.assert_close(decoding_linear(linear, x.double()), linear(x.double()))
+    assert "_decoding_weight" not in "".join(linear.state_dict())  # never saved with the model
+
+
+def test_gradients_reach_the_weight_and_the_input():
+    """With autograd on, the weight gets its gradient (the copy is bypassed); a frozen weight still passes the
+    gradient to the input, also when the copy was built under inference_mode."""
+    linear = nn.Linear(6, 10)
+    x = torch.randn(4, 6, requires_grad=True)
+    decoding_linear(linear, x).sum().backward()
+    expected = torch.ones(4, 10).t() @ x.detach()
+    torch.testing.assert_close(linear.weight.grad, expected)
+    linear.requires_grad_(False)
+    with torch.inference_mode():
+        decoding_linear(linear, x.detach())
+    x.grad = None
+    decoding_linear(linear, x).sum().backward()
+    torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(4, -1))
+
+
+def test_generation_with_copies_matches_the_full_forward_after_the_weights_change():
+    """A model decodes with its copies, is trained a step, and decodes again: the logits follow the new weights."""
+    model = tiny_model(seed=21, compression_rates=[1.0, 0.5])
+    ids = torch.randint(3, 97, (2, 10))
+
+    def decode_then_compare():
+        with torch.no_grad():
+            out = model(ids[:, :4], use_cache=True)
+            cache, pieces = out.past_key_values, [out.logits]
+            for t in range(4, 10):
+                pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+            torch.testing.assert_close(torch.cat(pieces, 1), model(ids).logits, rtol=0, atol=1e-4)
+
+    decode_then_compare()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    decode_then_compare()
+    assert all(hasattr(m.in_proj, "_decoding_weight") for m in model.modules() if hasattr(m, "in_proj"))
