@@ -21,10 +21,11 @@ def resolve_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
-def output_class(name, doc, field_names):
+def output_class(name, doc, field_names, module):
     """A ModelOutput dataclass whose fields (all defaulting to None) are `field_names` in order;
-    the name "cache" is spelled as this transformers release spells it."""
+    the name "cache" is spelled as this transformers release spells it. `module` is where the
+    class is bound to `name` (so that pickle finds it)."""
     fields = [(CACHE_NAME if f == "cache" else f, object, field(default=None)) for f in field_names]
     cls = make_dataclass(name, fields, bases=(ModelOutput,), namespace={"__doc__": doc})
-    cls.__module__ = "serpent_hf.modeling_serpent"
+    cls.__module__ = module
     return cls

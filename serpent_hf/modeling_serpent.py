@@ -34,12 +34,14 @@ SeRpEntModelOutput = output_class(
     deltas: (layers, batch, branches, length) Δ of every element (when output_deltas), 0 on padding.
     """,
     ["last_hidden_state", "cache", "hidden_states", "compressed_lengths", "deltas"],
+    __name__,
 )
 
 SeRpEntCausalLMOutput = output_class(
     "SeRpEntCausalLMOutput",
     """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as SeRpEntModelOutput.""",
     ["loss", "logits", "cache", "hidden_states", "compressed_lengths", "deltas"],
+    __name__,
 )
 
 
