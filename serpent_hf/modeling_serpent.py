@@ -265,7 +265,8 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            cache=resolve_cache(cache, past_key_values),
+            cache=cache,
+            past_key_values=past_key_values,  # the base model takes the cache under either name
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_deltas=output_deltas,

@@ -34,6 +34,18 @@ def tiny_model(seed=0, **overrides):
     return model
 
 
+def stepwise_logits(model, ids, prefill):
+    """Prefill `prefill` tokens in one parallel call (an empty cache when 0), then one token per call."""
+    if prefill > 0:
+        out = model(ids[:, :prefill], use_cache=True)
+        cache, pieces = out.past_key_values, [out.logits]
+    else:
+        cache, pieces = model.model.empty_cache(ids.shape[0]), []
+    for position in range(prefill, ids.shape[1]):
+        pieces.append(model(ids[:, position : position + 1], past_key_values=cache).logits)
+    return torch.cat(pieces, dim=1), cache
+
+
 @pytest.fixture
 def model():
     return tiny_model()

@@ -7,7 +7,7 @@ from torch import nn
 
 from modeling import decoding_linear
 
-from .conftest import tiny_model
+from .conftest import stepwise_logits, tiny_model
 
 
 @settings(max_examples=20, deadline=None)
@@ -60,11 +60,8 @@ def test_generation_with_copies_matches_the_full_forward_after_the_weights_chang
 
     def decode_then_compare():
         with torch.no_grad():
-            out = model(ids[:, :4], use_cache=True)
-            cache, pieces = out.past_key_values, [out.logits]
-            for t in range(4, 10):
-                pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
-            torch.testing.assert_close(torch.cat(pieces, 1), model(ids).logits, rtol=0, atol=1e-4)
+            stepped, _ = stepwise_logits(model, ids, prefill=4)
+            torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
 
     decode_then_compare()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -11,21 +11,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from serpent_hf import SeRpEntCache
 from serpent_hf.compat import CACHE_NAME
 
-from .conftest import tiny_model
+from .conftest import stepwise_logits, tiny_model
 
 RATE_SETS = [[1.0], [1.0, 0.5, 0.25], [0.3], [1.0, 0.9, 0.1], [0.5, 0.7]]
-
-
-def stepwise_logits(model, ids, prefill):
-    """Prefill `prefill` tokens in one parallel call (an empty cache when 0), then one token per call."""
-    if prefill > 0:
-        out = model(ids[:, :prefill], use_cache=True)
-        cache, pieces = out.past_key_values, [out.logits]
-    else:
-        cache, pieces = model.model.empty_cache(ids.shape[0]), []
-    for position in range(prefill, ids.shape[1]):
-        pieces.append(model(ids[:, position : position + 1], past_key_values=cache).logits)
-    return torch.cat(pieces, dim=1), cache
 
 
 @settings(max_examples=25, deadline=None)
