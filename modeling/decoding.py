@@ -1,35 +1,53 @@
-"""Matrix products of a decoding step on a CPU, through a transposed copy of the weight.
+"""What a decoding step on a CPU reads from a weight: a copy laid out for it, kept until the weight changes.
 
-A decoding step multiplies a few rows (one per sequence) by every weight matrix of the model,
-and by the time a layer's weight is used again (the next token) the other layers have pushed
-it out of the CPU caches. For a weight as nn.Linear stores it, (out, in) with short rows
-(in = hidden size: 1 KB at 256 channels), CPU BLAS computes x·Wᵀ from memory 2-3x slower than
-x·W' with W' = Wᵀ stored contiguously (measured on the 2-core EPYC: in_proj 230 -> 90 µs,
-the 4096-token head 650 -> 220 µs at one row; no gain for the (256, 512) out_proj). So the
-decoding step of a mixer's input projection and of the LM head multiplies by W', kept on the
-module and rebuilt whenever the weight changes (another version counter, storage or dtype).
+A decoding step works on a few rows (one per sequence) and runs once per token, so anything it
+derives from a parameter (a transpose, A = -exp(A_log)) costs as much as the arithmetic on
+the rows themselves. Copies kept on the module:
 
-It costs a second copy of those weights (16 MB for `small`), held from the first decoding
-step on. It is used only where no gradient must reach the weight, and only on a CPU (GPU
-BLAS reads either layout at full speed).
+* the matrix products of a mixer's input projection and of the LM head multiply by Wᵀ stored
+  contiguously. By the time a layer's weight is used again (the next token) the other layers
+  have pushed it out of the CPU caches, and for a weight as nn.Linear stores it, (out, in) with
+  short rows (in = hidden size: 1 KB at 256 channels), CPU BLAS computes x·Wᵀ from memory 2-3x
+  slower than x·W' with W' = Wᵀ contiguous (measured on the 2-core EPYC: in_proj 230 -> 90 µs,
+  the 4096-token head 650 -> 220 µs at one row; no gain for the (256, 512) out_proj);
+* a mixer's Aᵀ = -exp(A_log)ᵀ in scan.py's (n, d) layout and its conv taps laid out (k, d):
+  deriving them costs three small kernels per step, and the strided taps make the conv step's
+  product about 1.6x slower at 16 rows.
+
+A copy is rebuilt whenever one of its parameters changes (another version counter, storage or
+dtype), so optimiser steps and load_state_dict are seen at once. Copies are used only where
+no gradient must reach the parameters and only on a CPU: on a GPU, BLAS reads either layout at
+full speed, and a captured CUDA graph must recompute them from the live parameters. They are
+plain attributes, never saved with the model. Cost: a second copy of those weights (16 MB for
+`small`), held from the first decoding step on.
 """
 
 import torch
 
 
-def decoding_linear(linear, x):
-    """linear(x) for the few rows of a decoding step, computed as x·W' + bias on a CPU."""
-    weight = linear.weight
-    if x.device.type != "cpu" or (torch.is_grad_enabled() and any(p.requires_grad for p in linear.parameters())):
-        return linear(x)
-    key = (weight._version, weight.data_ptr(), weight.dtype)
-    cached = getattr(linear, "_decoding_weight", None)
+def uses_copies(x, parameters):
+    """Whether a decoding step on `x` may read copies of `parameters`: on a CPU, with no gradient to reach them."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters))
+
+
+def decoding_copy(module, name, parameters, build):
+    """build(*parameters), kept on `module` under `name` and rebuilt when one of `parameters` has changed."""
+    key = tuple((p._version, p.data_ptr(), p.dtype) for p in parameters)
+    cached = module.__dict__.get(name)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-            cached = (key, weight.t().contiguous())
-        linear._decoding_weight = cached
-    output = torch.matmul(x, cached[1])
+            cached = (key, build(*parameters))
+        setattr(module, name, cached)
+    return cached[1]
+
+
+def decoding_linear(linear, x):
+    """linear(x) for the few rows of a decoding step, computed as x·W' + bias on a CPU."""
+    if not uses_copies(x, linear.parameters()):
+        return linear(x)
+    weight = decoding_copy(linear, "_decoding_weight", [linear.weight], lambda w: w.t().contiguous())
+    output = torch.matmul(x, weight)
     return output if linear.bias is None else output.add_(linear.bias)
 
 
-__all__ = ["decoding_linear"]
+__all__ = ["decoding_copy", "decoding_linear", "uses_copies"]

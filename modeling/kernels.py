@@ -124,12 +124,16 @@ def causal_conv_dispatch(context, weight, bias, use_kernels=None):
     return function(context.contiguous(), weight[:, 0], bias, activation="silu")[..., width - 1 :]
 
 
-def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None):
-    """One conv step: conv_state (b, k, d) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d)."""
+def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None, taps=None):
+    """One conv step: conv_state (b, k, d) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d).
+
+    taps: the weight (d, 1, k) laid out (k, d) contiguously, if the caller keeps one (a CPU reads it faster).
+    """
     function = kernel("causal_conv1d_update", x, use_kernels)
     if function is None:
         conv_state.copy_(torch.cat([conv_state[:, 1:], x.unsqueeze(1).to(conv_state.dtype)], dim=1))
-        out = torch.linalg.vecdot(conv_state.to(x.dtype), weight[:, 0].t(), dim=1)
+        taps = weight[:, 0].t() if taps is None else taps
+        out = torch.linalg.vecdot(conv_state.to(x.dtype), taps, dim=1)
         return F.silu(out if bias is None else out.add_(bias), inplace=True)
     # The kernel indexes the state through its strides: it updates the (b, d, k) view in place.
     return function(x, conv_state.transpose(1, 2), weight[:, 0], bias, activation="silu")

@@ -1,13 +1,14 @@
-"""A decoding step's matrix products through a transposed weight copy equal nn.Linear, and follow the weight."""
+"""A CPU decoding step reads kept copies of weights (decoding.py): they give the same numbers and follow the weights."""
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from modeling import decoding_linear
+from modeling import MambaMixer, decoding_linear
+from modeling.decoding import decoding_copy
 
-from .conftest import stepwise_logits, tiny_model
+from .conftest import stepwise_logits, tiny_config, tiny_model
 
 
 @settings(max_examples=20, deadline=None)
@@ -19,6 +20,53 @@ def test_decoding_linear_equals_linear(rows, features, outputs, bias, seed):
     x = torch.randn(rows, 1, features)
     with torch.inference_mode():
         torch.testing.assert_close(decoding_linear(linear, x), linear(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_copy_is_built_once_and_rebuilt_whenever_one_of_its_parameters_changes():
+    module = nn.Linear(4, 3)
+    builds = []
+
+    def build(weight, bias):
+        builds.append(weight.dtype)
+        return weight.sum(0) + bias.sum()
+
+    def copy():
+        return decoding_copy(module, "_test_copy", [module.weight, module.bias], build)
+
+    with torch.no_grad():
+        copy()
+        torch.testing.assert_close(copy(), module.weight.sum(0) + module.bias.sum())
+        assert len(builds) == 1  # kept while nothing changes
+        module.bias.add_(1.0)  # the second parameter alone changes
+        torch.testing.assert_close(copy(), module.weight.sum(0) + module.bias.sum())
+        module.load_state_dict(nn.Linear(4, 3).state_dict())
+        torch.testing.assert_close(copy(), module.weight.sum(0) + module.bias.sum())
+    module.double()
+    with torch.no_grad():
+        assert copy().dtype == torch.float64
+    assert builds == [torch.float32] * 3 + [torch.float64]
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 5), steps=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_a_mixer_step_reading_kept_copies_equals_one_that_derives_everything(batch, steps, seed):
+    """Aᵀ and the conv taps kept for decoding give the outputs and states of the step that computes them
+    from the parameters (the path taken when autograd must reach them). A_log is random, not Mamba's
+    initialisation (the same A for every channel), so a transposition error would show."""
+    torch.manual_seed(seed)
+    mixer = MambaMixer(tiny_config())
+    with torch.no_grad():
+        mixer.A_log.normal_(0.0, 1.0)
+    inputs = torch.randn(steps, batch, mixer.hidden_size)
+    kept, derived = mixer.empty_state(batch, "cpu"), mixer.empty_state(batch, "cpu")
+    for x in inputs:
+        with torch.no_grad():
+            output_kept = mixer.step(x, kept)
+        output_derived = mixer.step(x, derived).detach()
+        torch.testing.assert_close(output_kept, output_derived, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kept.ssm, derived.ssm, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kept.conv, derived.conv, rtol=1e-5, atol=1e-6)
+    assert hasattr(mixer, "_decoding_A_transposed") and hasattr(mixer.conv1d, "_decoding_taps")
 
 
 def test_the_copy_follows_every_change_of_the_weight():
@@ -68,4 +116,5 @@ def test_generation_with_copies_matches_the_full_forward_after_the_weights_chang
     model(ids, labels=ids).loss.backward()
     optimizer.step()
     decode_then_compare()
-    assert all(hasattr(m.in_proj, "_decoding_weight") for m in model.modules() if hasattr(m, "in_proj"))
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+    assert all(hasattr(m.in_proj, "_decoding_weight") and hasattr(m, "_decoding_A_transposed") for m in mixers)
