@@ -103,8 +103,9 @@ class Branch(nn.Module):
                 output = self.mixer.step(self.resampler.step_sample(resampling), state.mixer)
                 resampling.last_output.copy_(output)
             elif rows.numel() > 0:
-                emitters = state.mixer.map(lambda tensor: tensor[rows])
-                output = self.mixer.step(self.resampler.step_sample(resampling)[rows], emitters)
+                # index_select, not tensor[rows]: the general indexing kernel is 4x slower at these sizes.
+                emitters = state.mixer.map(lambda tensor: tensor.index_select(0, rows))
+                output = self.mixer.step(self.resampler.step_sample(resampling).index_select(0, rows), emitters)
                 state.mixer.index_copy_(rows, emitters)
                 resampling.last_output.index_copy_(0, rows, output.to(resampling.last_output.dtype))
         else:
