@@ -7,6 +7,7 @@ import torch
 
 from modeling import SelectiveResampler
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
+from serpent_hf.compat import CACHE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -34,11 +35,16 @@ def tiny_model(seed=0, **overrides):
     return model
 
 
+def cache_of(output):
+    """The cache in a model output, under the installed transformers' name for it (see serpent_hf.compat)."""
+    return getattr(output, CACHE_NAME)
+
+
 def stepwise_logits(model, ids, prefill):
     """Prefill `prefill` tokens in one parallel call (an empty cache when 0), then one token per call."""
     if prefill > 0:
         out = model(ids[:, :prefill], use_cache=True)
-        cache, pieces = out.past_key_values, [out.logits]
+        cache, pieces = cache_of(out), [out.logits]
     else:
         cache, pieces = model.model.empty_cache(ids.shape[0]), []
     for position in range(prefill, ids.shape[1]):

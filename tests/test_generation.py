@@ -11,7 +11,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from serpent_hf import SeRpEntCache
 from serpent_hf.compat import CACHE_NAME
 
-from .conftest import stepwise_logits, tiny_model
+from .conftest import cache_of, stepwise_logits, tiny_model
 
 RATE_SETS = [[1.0], [1.0, 0.5, 0.25], [0.3], [1.0, 0.9, 0.1], [0.5, 0.7]]
 
@@ -47,7 +47,7 @@ def test_cached_multi_token_continuation_matches_forward(rates, cuts, seed):
         cache, pieces, start = None, [], 0
         for cut in cuts + [1]:
             out = model(ids[:, start : start + cut], past_key_values=cache, use_cache=True)
-            cache, start = out.past_key_values, start + cut
+            cache, start = cache_of(out), start + cut
             pieces.append(out.logits)
     assert (torch.cat(pieces, 1) - full).abs().max().item() < 1e-4
 
@@ -56,7 +56,7 @@ def test_clock_after_stepping_is_bit_identical_to_the_parallel_clock():
     model = tiny_model(seed=7)
     ids = torch.randint(3, 97, (2, 50))
     with torch.no_grad():
-        parallel = model(ids, use_cache=True).past_key_values
+        parallel = cache_of(model(ids, use_cache=True))
         _, stepped = stepwise_logits(model, ids, prefill=3)
     for layer_p, layer_s in zip(parallel.layer_states, stepped.layer_states):
         for state_p, state_s in zip(layer_p, layer_s):
@@ -119,9 +119,9 @@ def test_cache_memory_is_constant_in_the_number_of_generated_tokens():
     for new_tokens in (1, 10, 100):
         out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-        assert isinstance(out.past_key_values, SeRpEntCache)
-        assert out.past_key_values.num_tokens == 6 + new_tokens - 1  # the last token is never fed back
-        sizes.append(out.past_key_values.memory_bytes())
+        assert isinstance(cache_of(out), SeRpEntCache)
+        assert cache_of(out).num_tokens == 6 + new_tokens - 1  # the last token is never fed back
+        sizes.append(cache_of(out).memory_bytes())
     assert sizes[0] == sizes[1] == sizes[2] > 0
 
 
@@ -172,10 +172,10 @@ def test_generation_errors_name_the_problem():
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate(torch.tensor([[5, 500]]), max_new_tokens=2)
     other = tiny_model(seed=13, compression_rates=[1.0, 0.5])
-    cache = other(torch.tensor([[5, 6]]), use_cache=True).past_key_values
+    cache = cache_of(other(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="another model config.*compression_rates"):
         model(torch.tensor([[7]]), past_key_values=cache)
-    cache = model(torch.tensor([[5, 6]]), use_cache=True).past_key_values
+    cache = cache_of(model(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="holds 1 rows but the input has 2"):
         model(torch.tensor([[7], [8]]), past_key_values=cache)
     with pytest.raises(ValueError, match="not both"):
@@ -217,7 +217,7 @@ def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
     model = tiny_model(seed=15, compression_rates=[1.0, 0.5, 0.2])
     ids = torch.randint(3, 97, (4, 20))
     with torch.no_grad():
-        cache = model(ids[:, :3], use_cache=True).past_key_values
+        cache = cache_of(model(ids[:, :3], use_cache=True))
         pointers = [tensor.data_ptr() for tensor in cache.tensors()]
         partial_steps = 0
         for position in range(3, ids.shape[1]):

@@ -14,7 +14,7 @@ import torch
 from modeling import kernels
 from serpent_hf.cuda_graphs import StaticDecodeStep
 
-from .conftest import tiny_model
+from .conftest import cache_of, tiny_model
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -50,7 +50,7 @@ def test_static_buffer_decoding_step_matches_eager_decoding():
     ids = torch.randint(3, 97, (2, 20))
     with torch.no_grad():
         full = model(ids).logits
-        cache = model(ids[:, :5], use_cache=True).past_key_values
+        cache = cache_of(model(ids[:, :5], use_cache=True))
         step = StaticDecodeStep(model.model, cache)
         logits = [model.lm_head(step(ids[:, t : t + 1])) for t in range(5, 20)]
     assert (torch.cat(logits, 1) - full[:, 5:]).abs().max().item() < 1e-4
@@ -117,7 +117,7 @@ def test_kernel_calls_see_their_own_layouts_and_update_the_cache_in_place(monkey
     def decode():
         with torch.no_grad():
             out = model(ids[:, :9], use_cache=True)
-            cache, pieces = out.past_key_values, [out.logits]
+            cache, pieces = cache_of(out), [out.logits]
             for t in range(9, ids.shape[1]):
                 pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
         return torch.cat(pieces, 1)
@@ -161,7 +161,7 @@ def test_kernel_decoding_and_cuda_graph_decoding_match_eager_pytorch_decoding():
         model = tiny_model(seed=5, **overrides).cuda()
         with torch.no_grad():
             out = model(ids[:, :8], use_cache=True)
-            cache, pieces = out.past_key_values, [out.logits]
+            cache, pieces = cache_of(out), [out.logits]
             for t in range(8, 40):
                 pieces.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
         logits[name] = torch.cat(pieces, 1)

@@ -9,7 +9,7 @@ from modeling import S4DMixer
 from modeling.s4d import fft_convolution
 from serpent_hf import SeRpEntForCausalLM
 
-from .conftest import tiny_config
+from .conftest import cache_of, tiny_config
 
 
 def s4d_mixer(seed=0, bidirectional=False, **overrides):
@@ -153,9 +153,9 @@ def test_causal_s4d_language_model_generates_exactly_its_forward(rates):
     with torch.no_grad():
         expected = model(ids).logits
         prefill = model(ids[:, :12], use_cache=True)
-        cache, logits = prefill.past_key_values, [prefill.logits]
+        cache, logits = cache_of(prefill), [prefill.logits]
         for t in range(12, 30):
             step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+            cache = cache_of(step)
             logits.append(step.logits)
     torch.testing.assert_close(torch.cat(logits, 1), expected, atol=1e-4, rtol=1e-4)
