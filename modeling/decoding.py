@@ -17,7 +17,8 @@ the rows themselves. Copies kept on the module:
 A copy is rebuilt whenever one of its parameters changes (another version counter, storage or
 dtype), so optimiser steps and load_state_dict are seen at once. Copies are used only where
 no gradient must reach the parameters and only on a CPU: on a GPU, BLAS reads either layout at
-full speed, and a captured CUDA graph must recompute them from the live parameters. They are
+full speed, and a captured CUDA graph must recompute them from the live parameters. Nor are
+they used for parameters created under inference_mode, which keep no version counter. They are
 plain attributes, never saved with the model. Cost: a second copy of those weights (16 MB for
 `small`), held from the first decoding step on.
 """
@@ -26,8 +27,12 @@ import torch
 
 
 def uses_copies(x, parameters):
-    """Whether a decoding step on `x` may read copies of `parameters`: on a CPU, with no gradient to reach them."""
-    return x.device.type == "cpu" and not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters))
+    """Whether a decoding step on `x` may read copies of `parameters`: on a CPU, with no gradient to reach them,
+    and not for parameters created under inference_mode (they keep no version counter, so a change would go unseen)."""
+    parameters = list(parameters)
+    if x.device.type != "cpu" or any(p.is_inference() for p in parameters):
+        return False
+    return not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters))
 
 
 def decoding_copy(module, name, parameters, build):

@@ -118,3 +118,17 @@ def test_generation_with_copies_matches_the_full_forward_after_the_weights_chang
     decode_then_compare()
     mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
     assert all(hasattr(m.in_proj, "_decoding_weight") and hasattr(m, "_decoding_A_transposed") for m in mixers)
+
+
+def test_a_model_built_under_inference_mode_decodes_without_copies():
+    """Parameters created under inference_mode keep no version counter, so no copy could follow them:
+    decoding computes from the parameters and still equals the full forward."""
+    ids = torch.randint(3, 97, (2, 9))
+    with torch.inference_mode():
+        model = tiny_model(seed=5)
+        stepped, _ = stepwise_logits(model, ids, prefill=3)
+        torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
+        model.lm_head.weight.mul_(0.5)  # an in-place change no version counter records
+        stepped, _ = stepwise_logits(model, ids, prefill=3)
+        torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
+    assert not any(name.startswith("_decoding") for m in model.modules() for name in vars(m))
