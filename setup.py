@@ -29,7 +29,7 @@ setup(
     extras_require={
         # Build from source where no wheel fits: see README, "GPU kernels".
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18"],
     },
     entry_points={"console_scripts": ["serpent-upcycle=serpent_hf.upcycle:main"]},
 )

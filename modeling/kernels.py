@@ -26,6 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .decoding import is_plain_linear
 from .scan import selective_scan, selective_state_update
 
 
@@ -140,7 +141,13 @@ def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None, taps=None)
 
 
 def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):
-    """The whole Mamba mixer in one kernel (training, full sequences, no state, no padding), or None."""
+    """The whole Mamba mixer in one kernel (training, full sequences, no state, no padding), or None.
+
+    The kernel multiplies by the projections' weights itself, so a projection that computes more than
+    x·Wᵀ (a LoRA adapter from peft, a hook) keeps the mixer on its unfused path.
+    """
+    if not all(is_plain_linear(linear) for linear in (mixer.x_proj, mixer.dt_proj, mixer.out_proj)):
+        return None
     function = kernel("mamba_inner_fn", hidden_states, use_kernels)
     if function is None:
         return None

@@ -1,5 +1,6 @@
 """A CPU decoding step reads kept copies of weights (decoding.py): they give the same numbers and follow the weights."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,3 +133,44 @@ def test_a_model_built_under_inference_mode_decodes_without_copies():
         stepped, _ = stepwise_logits(model, ids, prefill=3)
         torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
     assert not any(name.startswith("_decoding") for m in model.modules() for name in vars(m))
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear subclass with its own forward, as quantised or 8-bit Linears are: its weight does not stand for it."""
+
+    def forward(self, x):
+        return 1.5 * super().forward(x)
+
+
+def add_a_hook_to_an_input_projection(model):
+    model.model.layers[0].branches[1].mixer.in_proj.register_forward_hook(lambda module, args, output: output + 0.25)
+
+
+def replace_the_head_by_a_subclass(model):
+    head = ScaledLinear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    head.load_state_dict(model.lm_head.state_dict())
+    model.lm_head = head
+
+
+def wrap_projections_in_lora_adapters(model):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, target_modules=["in_proj", "x_proj", "out_proj"], init_lora_weights=False)
+    return get_peft_model(model, config).base_model.model
+
+
+@pytest.mark.parametrize("change", [add_a_hook_to_an_input_projection, replace_the_head_by_a_subclass,
+                                    wrap_projections_in_lora_adapters])
+def test_decoding_calls_a_projection_that_computes_more_than_its_weight(change):
+    """A LoRA adapter (peft), a forward hook or a Linear subclass with its own forward changes what a
+    projection computes; decoding must call it, not multiply by a copy of its weight, or generate()
+    would silently drop the change."""
+    model = tiny_model(seed=6)
+    ids = torch.randint(3, 97, (2, 10))
+    with torch.no_grad():
+        before = model(ids).logits
+        model = change(model) or model
+        full = model(ids).logits
+        stepped, _ = stepwise_logits(model, ids, prefill=4)
+    assert (full - before).abs().max().item() > 1e-2  # the change matters
+    torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)

@@ -128,6 +128,27 @@ def test_kernel_calls_see_their_own_layouts_and_update_the_cache_in_place(monkey
     assert (decode() - full).abs().max().item() < 1e-4
 
 
+def test_the_fused_training_kernel_is_left_out_where_a_projection_computes_more_than_its_weight(monkeypatch):
+    """mamba_inner_fn multiplies by the projections' weights itself: a mixer whose out_proj has a hook (or a
+    LoRA adapter) must take the unfused path, the others keep the kernel. A stand-in kernel counts its calls."""
+    model = tiny_model(seed=2).train()
+    calls = []
+
+    def mamba_inner_fn(xz, *args, **kwargs):
+        calls.append(xz.shape)
+        return xz.new_zeros(xz.shape[0], xz.shape[2], model.config.hidden_size)
+
+    monkeypatch.setattr(kernels, "kernel", lambda name, tensor, use_kernels: PLAIN_KERNELS.get(name, mamba_inner_fn))
+    ids = torch.randint(3, 97, (2, 12))
+    model(ids, use_cache=False)
+    fused = len(calls)
+    assert fused == model.config.num_hidden_layers  # every rate-1 branch (the others see padded samples)
+    model.model.layers[0].branches[0].mixer.out_proj.register_forward_hook(lambda module, args, output: output)
+    calls.clear()
+    model(ids, use_cache=False)
+    assert len(calls) == fused - 1
+
+
 @requires_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
