@@ -158,8 +158,7 @@ def paired_speedup(record, anchor):
     """Median over rounds of t_HF / t_model within the same round: robust to load that drifts between rounds."""
     if _value(record, "step_seconds") is None or _value(anchor, "step_seconds") is None:
         return None
-    pairs = [a / m for a, m in zip(anchor["times"], record["times"])]
-    return common.median(pairs)
+    return common.paired_ratio(anchor["times"], record["times"])
 
 
 def summarise(results, args):

@@ -167,6 +167,12 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def paired_ratio(numerators, denominators):
+    """Median over rounds of numerator / denominator timed in the same round (models run interleaved):
+    load that drifts between rounds cancels out, which the ratio of two medians does not do."""
+    return median([n / d for n, d in zip(numerators, denominators)])
+
+
 # ---------------------------------------------------------------- peak memory in a fresh process
 
 
