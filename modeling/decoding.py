@@ -28,18 +28,20 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 
-def is_plain_linear(module):
-    """Whether calling `module` computes x·Wᵀ + b from its weight and bias and nothing else, so that its
-    weight may stand for it: an nn.Linear with nn.Linear's own forward, a plain Parameter as weight, no
-    forward hooks and no forward replaced on the instance (accelerate's offloading hooks do that). A
-    LoRA-wrapped (peft), quantised or hooked projection is called instead."""
+def is_plain(module, kind=nn.Linear, counting_global_hooks=True):
+    """Whether calling `module` computes what `kind` (nn.Linear, nn.Conv1d) computes from its weight and bias
+    and nothing else, so that its weight may stand for it: an instance with `kind`'s own forward, a plain
+    Parameter as weight, no forward hooks and no forward replaced on the instance (accelerate's offloading
+    hooks do that). A LoRA-wrapped (peft), quantised or hooked module is not. `counting_global_hooks`: whether
+    hooks registered for every module (register_module_forward_hook) count too; they do not for a module
+    that no code path calls."""
     return (
-        isinstance(module, nn.Linear)
-        and type(module).forward is nn.Linear.forward
+        isinstance(module, kind)
+        and type(module).forward is kind.forward
         and "forward" not in vars(module)
         and type(module.weight) is nn.Parameter
         and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+        and not (counting_global_hooks and (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks))
     )
 
 
@@ -65,11 +67,11 @@ def decoding_copy(module, name, parameters, build):
 
 def decoding_linear(linear, x):
     """linear(x) for the few rows of a decoding step, computed as x·W' + bias on a CPU."""
-    if not is_plain_linear(linear) or not uses_copies(x, linear.parameters()):
+    if not is_plain(linear) or not uses_copies(x, linear.parameters()):
         return linear(x)
     weight = decoding_copy(linear, "_decoding_weight", [linear.weight], lambda w: w.t().contiguous())
     output = torch.matmul(x, weight)
     return output if linear.bias is None else output.add_(linear.bias)
 
 
-__all__ = ["decoding_copy", "decoding_linear", "is_plain_linear", "uses_copies"]
+__all__ = ["decoding_copy", "decoding_linear", "is_plain", "uses_copies"]

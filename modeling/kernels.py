@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .decoding import is_plain_linear
+from .decoding import is_plain
 from .scan import selective_scan, selective_state_update
 
 
@@ -146,7 +146,7 @@ def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):
     The kernel multiplies by the projections' weights itself, so a projection that computes more than
     x·Wᵀ (a LoRA adapter from peft, a hook) keeps the mixer on its unfused path.
     """
-    if not all(is_plain_linear(linear) for linear in (mixer.x_proj, mixer.dt_proj, mixer.out_proj)):
+    if not all(is_plain(linear) for linear in (mixer.x_proj, mixer.dt_proj, mixer.out_proj)):
         return None
     function = kernel("mamba_inner_fn", hidden_states, use_kernels)
     if function is None:

@@ -174,3 +174,25 @@ def test_decoding_calls_a_projection_that_computes_more_than_its_weight(change):
         stepped, _ = stepwise_logits(model, ids, prefill=4)
     assert (full - before).abs().max().item() > 1e-2  # the change matters
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)
+
+
+def test_decoding_calls_the_projections_while_a_hook_for_every_module_is_registered():
+    """A hook registered for every module (register_module_forward_hook) runs on each projection of the full
+    forward; decoding calls them too instead of multiplying by copies, so a hook that changes outputs gives the
+    same logits both ways, and a hook the mixer's never-called conv1d would see does not stop the model."""
+    model = tiny_model(seed=8)
+    ids = torch.randint(3, 97, (2, 10))
+
+    def nudge_linears(module, args, output):
+        return output + 0.01 if isinstance(module, nn.Linear) else output
+
+    handle = nn.modules.module.register_module_forward_hook(nudge_linears)
+    try:
+        with torch.no_grad():
+            full = model(ids).logits
+            stepped, _ = stepwise_logits(model, ids, prefill=4)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        assert (model(ids).logits - full).abs().max().item() > 1e-3  # the hook mattered
+    torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)
