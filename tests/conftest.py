@@ -11,6 +11,7 @@ from serpent_hf.compat import CACHE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+CORPUS = ROOT / "tests" / "fixtures" / "tiny_corpus.txt"  # a few articles of plain text
 
 
 def tiny_config(**overrides):

@@ -27,13 +27,12 @@ from training import eval_lm, train_lm
 from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from training.data import hold_out_articles, split_articles
 
-from .conftest import ROOT
+from .conftest import CORPUS, ROOT
 
-FIXTURE = ROOT / "tests" / "fixtures" / "tiny_corpus.txt"
 STEPS, SAVE_STEPS = 24, 8
 RUN = {  # the run file of every test run here (CLI options override it)
     "model_config": str(ROOT / "configs" / "tiny.json"),
-    "train_file": str(FIXTURE),
+    "train_file": str(CORPUS),
     "validation_articles": 2,
     "train_tokenizer": 512,
     "block_size": 64,
@@ -111,7 +110,7 @@ def test_the_ready_run_files_parse():
 
 
 def test_wikitext_articles_split_at_top_level_headings_only():
-    lines = FIXTURE.read_text().splitlines(keepends=True)
+    lines = CORPUS.read_text().splitlines(keepends=True)
     articles = split_articles(lines)
     assert len(articles) == 10 and all(article[0].startswith(" = ") for article in articles)
     wiki = [" \n", " = One = \n", " = = Section = = \n", "text\n", " = Two = \n", "more\n", " = Three = \n", "end\n"]
@@ -157,7 +156,7 @@ def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     results = eval_lm.main(["--model_name_or_path", str(reference), str(tmp_path / "gpt2"), str(tmp_path / "mamba"),
-                            "--train_file", str(FIXTURE), "--validation_articles", "2", "--block_size", "64",
+                            "--train_file", str(CORPUS), "--validation_articles", "2", "--block_size", "64",
                             "--max_eval_samples", "12", "--per_device_eval_batch_size", "4", "--use_cpu", "true",
                             "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "compare")])
     assert read_json(tmp_path / "compare" / "eval_results.json") == json.loads(json.dumps(results))
@@ -241,7 +240,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
-TEXT = FIXTURE.read_text()
+TEXT = CORPUS.read_text()
 
 
 @pytest.mark.parametrize(
