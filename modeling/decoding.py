@@ -14,6 +14,11 @@ the rows themselves. Copies kept on the module:
   deriving them costs three small kernels per step, and the strided taps make the conv step's
   product about 1.6x slower at 16 rows.
 
+A copy stands only for a module that computes nothing but its product (`is_plain`): a LoRA
+adapter (peft), a quantised Linear or a forward hook changes what the module computes, so such a
+module is called instead; the fused CUDA training kernel, which reads weights itself, follows
+the same rule.
+
 A copy is rebuilt whenever one of its parameters changes (another version counter, storage or
 dtype), so optimiser steps and load_state_dict are seen at once. Copies are used only where
 no gradient must reach the parameters and only on a CPU: on a GPU, BLAS reads either layout at
@@ -26,6 +31,11 @@ plain attributes, never saved with the model. Cost: a second copy of those weigh
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
+
+
+def any_global_hooks():
+    """Whether forward hooks are registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
 
 def is_plain(module, kind=nn.Linear, counting_global_hooks=True):
@@ -41,7 +51,7 @@ def is_plain(module, kind=nn.Linear, counting_global_hooks=True):
         and "forward" not in vars(module)
         and type(module.weight) is nn.Parameter
         and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (counting_global_hooks and (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks))
+        and not (counting_global_hooks and any_global_hooks())
     )
 
 
