@@ -38,20 +38,18 @@ def any_global_hooks():
     return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
 
-def is_plain(module, kind=nn.Linear, counting_global_hooks=True):
+def is_plain(module, kind=nn.Linear):
     """Whether calling `module` computes what `kind` (nn.Linear, nn.Conv1d) computes from its weight and bias
     and nothing else, so that its weight may stand for it: an instance with `kind`'s own forward, a plain
-    Parameter as weight, no forward hooks and no forward replaced on the instance (accelerate's offloading
-    hooks do that). A LoRA-wrapped (peft), quantised or hooked module is not. `counting_global_hooks`: whether
-    hooks registered for every module (register_module_forward_hook) count too; they do not for a module
-    that no code path calls."""
+    Parameter as weight, no forward hooks (its own or ones registered for every module) and no forward
+    replaced on the instance (accelerate's offloading hooks do that). A LoRA-wrapped (peft), quantised or
+    hooked module is not."""
     return (
         isinstance(module, kind)
         and type(module).forward is kind.forward
         and "forward" not in vars(module)
         and type(module.weight) is nn.Parameter
-        and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (counting_global_hooks and any_global_hooks())
+        and not (module._forward_hooks or module._forward_pre_hooks or any_global_hooks())
     )
 
 

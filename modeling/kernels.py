@@ -25,6 +25,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .decoding import is_plain
 from .scan import selective_scan, selective_state_update
@@ -115,38 +116,49 @@ def selective_state_update_dispatch(state, x, delta, A, B, C, D, use_kernels=Non
     return y.float()
 
 
-def causal_conv_dispatch(context, weight, bias, use_kernels=None):
-    """silu(depthwise causal conv) of context (b, d, k-1+l) whose first k-1 columns are history -> (b, d, l)."""
-    width = weight.shape[-1]
+def causal_conv_dispatch(context, conv, use_kernels=None):
+    """silu(depthwise causal conv) of context (b, d, k-1+l) whose first k-1 columns are history -> (b, d, l).
+
+    conv: the mixer's nn.Conv1d. The kernel and F.conv1d read its weight; a conv1d that computes more (a
+    LoRA adapter, offloading hooks) is called instead: the same valid convolution over the context.
+    """
+    if not is_plain(conv, nn.Conv1d):
+        return F.silu(conv(context))
+    weight, bias = conv.weight, conv.bias
     function = kernel("causal_conv1d_fn", context, use_kernels)
     if function is None:
         return F.silu(F.conv1d(context, weight, bias, groups=weight.shape[0]))
     # The kernel pads causally by itself; the last l outputs see only the given context.
-    return function(context.contiguous(), weight[:, 0], bias, activation="silu")[..., width - 1 :]
+    return function(context.contiguous(), weight[:, 0], bias, activation="silu")[..., weight.shape[-1] - 1 :]
 
 
-def conv_step_dispatch(conv_state, x, weight, bias, use_kernels=None, taps=None):
+def conv_step_dispatch(conv_state, x, conv, use_kernels=None, taps=None):
     """One conv step: conv_state (b, k, d) holds the last k inputs and takes x (b, d) in place -> silu(conv) (b, d).
 
-    taps: the weight (d, 1, k) laid out (k, d) contiguously, if the caller keeps one (a CPU reads it faster).
+    conv: the mixer's nn.Conv1d (called on the window when it computes more than its weight, as above).
+    taps: its weight (d, 1, k) laid out (k, d) contiguously, if the caller keeps one (a CPU reads it faster).
     """
-    function = kernel("causal_conv1d_update", x, use_kernels)
+    plain = is_plain(conv, nn.Conv1d)
+    function = kernel("causal_conv1d_update", x, use_kernels) if plain else None
     if function is None:
         conv_state.copy_(torch.cat([conv_state[:, 1:], x.unsqueeze(1).to(conv_state.dtype)], dim=1))
-        taps = weight[:, 0].t() if taps is None else taps
-        out = torch.linalg.vecdot(conv_state.to(x.dtype), taps, dim=1)
-        return F.silu(out if bias is None else out.add_(bias), inplace=True)
+        window = conv_state.to(x.dtype)
+        if not plain:  # a valid convolution of the k-element window: one output per channel
+            return F.silu(conv(window.transpose(1, 2)).squeeze(-1))
+        out = torch.linalg.vecdot(window, conv.weight[:, 0].t() if taps is None else taps, dim=1)
+        return F.silu(out if conv.bias is None else out.add_(conv.bias), inplace=True)
     # The kernel indexes the state through its strides: it updates the (b, d, k) view in place.
-    return function(x, conv_state.transpose(1, 2), weight[:, 0], bias, activation="silu")
+    return function(x, conv_state.transpose(1, 2), conv.weight[:, 0], conv.bias, activation="silu")
 
 
 def fused_mixer_dispatch(mixer, hidden_states, use_kernels=None):
     """The whole Mamba mixer in one kernel (training, full sequences, no state, no padding), or None.
 
-    The kernel multiplies by the projections' weights itself, so a projection that computes more than
-    x·Wᵀ (a LoRA adapter from peft, a hook) keeps the mixer on its unfused path.
+    The kernel reads the weights of the projections and of conv1d itself, so one that computes more than
+    its weight (a LoRA adapter from peft, a hook) keeps the mixer on its unfused path.
     """
-    if not all(is_plain(linear) for linear in (mixer.x_proj, mixer.dt_proj, mixer.out_proj)):
+    plain = all(is_plain(linear) for linear in (mixer.x_proj, mixer.dt_proj, mixer.out_proj))
+    if not (plain and is_plain(mixer.conv1d, nn.Conv1d)):
         return None
     function = kernel("mamba_inner_fn", hidden_states, use_kernels)
     if function is None:

@@ -112,7 +112,6 @@ class MambaMixer(nn.Module):
         Returns (b, l, hidden) and the final MixerState (or None unless return_state).
         """
         batch, length, _ = hidden_states.shape
-        conv_weight, conv_bias = self._conv_parameters()
         if self.training and state is None and not return_state and valid is None:
             fused = fused_mixer_dispatch(self, hidden_states, self.use_kernels)
             if fused is not None:
@@ -131,7 +130,7 @@ class MambaMixer(nn.Module):
             context = F.pad(x_channels, (self.conv_kernel - 1, 0))
         else:
             context = torch.cat([state.conv[:, 1:].transpose(1, 2).to(x.dtype), x_channels], dim=-1)
-        x = causal_conv_dispatch(context, conv_weight, conv_bias, self.use_kernels).transpose(1, 2)
+        x = causal_conv_dispatch(context, self.conv1d, self.use_kernels).transpose(1, 2)
 
         delta, B, C = self._ssm_inputs(x)
         if valid is not None:
@@ -158,40 +157,32 @@ class MambaMixer(nn.Module):
         window = last.unsqueeze(-1) + 1 + torch.arange(self.conv_kernel, device=valid.device)  # (b, k)
         return full.transpose(1, 2).gather(1, window.unsqueeze(-1).expand(-1, -1, full.shape[1]))
 
-    def _conv_parameters(self):
-        """conv1d's weight and bias, which the convolution kernels and the decoding step read directly.
-
-        A conv1d that computes more than its weight (a LoRA adapter, a subclass, forward hooks) would be
-        skipped without a word, so it is refused.
-        """
-        if not is_plain(self.conv1d, nn.Conv1d, counting_global_hooks=False):  # no code path calls conv1d
-            kind = f"{type(self.conv1d).__module__}.{type(self.conv1d).__qualname__}"
-            raise ValueError(
-                f"the mixer's conv1d ({kind}) computes more than its weight (an adapter, a subclass or forward "
-                "hooks), but the mixer reads conv1d.weight directly and would skip it; put adapters on in_proj, "
-                "x_proj, dt_proj or out_proj instead"
-            )
-        return self.conv1d.weight, self.conv1d.bias
-
     def _step_constants(self, x):
         """A (d_inner, n) float32 and the conv taps (k, d_inner) or None, for a decoding step on x.
 
         On a CPU both are views of copies kept until A_log or the conv weight change (decoding.py).
         """
+        if self.A_log.is_meta:
+            raise NotImplementedError(
+                "a decoding step needs the mixer's parameters in memory, but they are offloaded (on the meta "
+                "device) and only forward calls load them; generate with use_cache=False, or load the model "
+                "without offloading"
+            )
         if not uses_copies(x, [self.A_log, self.conv1d.weight]):
             return -torch.exp(self.A_log.float()), None
         A_transposed = decoding_copy(
             self, "_decoding_A_transposed", [self.A_log], lambda A_log: (-torch.exp(A_log.float())).t().contiguous()
         )
+        if not is_plain(self.conv1d, nn.Conv1d):  # the conv step calls conv1d itself
+            return A_transposed.t(), None
         taps = decoding_copy(self.conv1d, "_decoding_taps", [self.conv1d.weight], lambda w: w[:, 0].t().contiguous())
         return A_transposed.t(), taps
 
     def step(self, hidden_states, state):
         """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
-        conv_weight, conv_bias = self._conv_parameters()
         A, taps = self._step_constants(hidden_states)
         x, z = decoding_linear(self.in_proj, hidden_states).chunk(2, dim=-1)
-        x = conv_step_dispatch(state.conv, x, conv_weight, conv_bias, self.use_kernels, taps)
+        x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels, taps)
         delta, B, C = self._ssm_inputs(x)
         y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
         return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))

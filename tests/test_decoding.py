@@ -159,12 +159,29 @@ def wrap_projections_in_lora_adapters(model):
     return get_peft_model(model, config).base_model.model
 
 
+def add_a_hook_to_a_conv1d(model):
+    model.model.layers[1].branches[2].mixer.conv1d.register_forward_hook(lambda module, args, output: output + 1.0)
+
+
+def wrap_conv1d_in_lora_adapters(model):
+    from peft import LoraConfig, get_peft_model
+
+    # peft adapts a depthwise conv only with a rank divisible by its groups (d_inner).
+    config = LoraConfig(r=model.config.intermediate_size, target_modules=["conv1d"], init_lora_weights=False)
+    adapted = get_peft_model(model, config).base_model.model
+    for name, parameter in adapted.named_parameters():
+        if "lora_" in name:  # peft's random init barely moves the logits of this small model
+            parameter.data.normal_(0.0, 2.0)
+    return adapted
+
+
 @pytest.mark.parametrize("change", [add_a_hook_to_an_input_projection, replace_the_head_by_a_subclass,
-                                    wrap_projections_in_lora_adapters])
-def test_decoding_calls_a_projection_that_computes_more_than_its_weight(change):
-    """A LoRA adapter (peft), a forward hook or a Linear subclass with its own forward changes what a
-    projection computes; decoding must call it, not multiply by a copy of its weight, or generate()
-    would silently drop the change."""
+                                    wrap_projections_in_lora_adapters, add_a_hook_to_a_conv1d,
+                                    wrap_conv1d_in_lora_adapters])
+def test_decoding_calls_a_module_that_computes_more_than_its_weight(change):
+    """A LoRA adapter (peft), a forward hook or a subclass with its own forward changes what a projection
+    or the depthwise conv computes; the forward pass and decoding must both call it, not read its weight
+    (kernels, copies), or the change would be dropped without a word."""
     model = tiny_model(seed=6)
     ids = torch.randint(3, 97, (2, 10))
     with torch.no_grad():
@@ -179,7 +196,7 @@ def test_decoding_calls_a_projection_that_computes_more_than_its_weight(change):
 def test_decoding_calls_the_projections_while_a_hook_for_every_module_is_registered():
     """A hook registered for every module (register_module_forward_hook) runs on each projection of the full
     forward; decoding calls them too instead of multiplying by copies, so a hook that changes outputs gives the
-    same logits both ways, and a hook the mixer's never-called conv1d would see does not stop the model."""
+    same logits both ways."""
     model = tiny_model(seed=8)
     ids = torch.randint(3, 97, (2, 10))
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from serpent_hf import SeRpEntConfig
-from serpent_hf.compat import CACHE_NAME
 
 from .conftest import tiny_config, tiny_model
 
@@ -55,20 +54,3 @@ def test_input_ids_and_embeddings_together_are_refused(model):
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model(torch.tensor([[5]]), inputs_embeds=torch.zeros(1, 1, 32))
 
-
-def test_an_adapter_or_a_hook_on_a_conv1d_is_refused_by_name():
-    """The mixer reads conv1d's weight directly (kernels, decoding step), so an adapter or hook there would be
-    skipped without a word: forward passes and decoding steps refuse it."""
-    from peft import LoraConfig, get_peft_model
-
-    ids = torch.randint(3, 97, (2, 8))
-    model = tiny_model(seed=3)
-    adapted = get_peft_model(model, LoraConfig(r=model.config.intermediate_size, target_modules=["conv1d"]))
-    with pytest.raises(ValueError, match=r"conv1d \(peft\..*Conv1d\) computes more than its weight"):
-        adapted(input_ids=ids)
-    model = tiny_model(seed=3)
-    with torch.no_grad():
-        cache = model(ids[:, :4], use_cache=True)[CACHE_NAME]
-        model.model.layers[1].branches[2].mixer.conv1d.register_forward_pre_hook(lambda module, args: None)
-        with pytest.raises(ValueError, match="conv1d .* computes more than its weight"):
-            model(ids[:, 4:5], past_key_values=cache)

@@ -5,7 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, TextStreamer, pipeline
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedTokenizerFast,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+    pipeline,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from serpent_hf import SeRpEntCache
@@ -230,3 +237,23 @@ def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
             partial_steps += int(0 < emits.sum() < len(emits))
             assert [tensor.data_ptr() for tensor in cache.tensors()] == pointers
     assert partial_steps > 0  # the gather / write-back path ran
+
+
+def test_a_model_with_offloaded_weights_runs_and_says_why_it_cannot_decode_from_a_cache(tmp_path):
+    """accelerate's disk offloading keeps weights on the meta device and loads each module's own weights in a
+    hook around its forward. Forward passes call every module that holds weights (conv1d included), so they
+    match the model in memory, and so does generate without a cache; a decoding step reads the mixer's A_log
+    outside any forward, so cached decoding says why it cannot run instead of failing somewhere inside."""
+    model = tiny_model(seed=9)
+    ids = torch.randint(3, 97, (1, 6))
+    model.save_pretrained(tmp_path / "model")
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "20KB"}, offload_folder=str(tmp_path / "offload")
+    )
+    assert set(offloaded.hf_device_map.values()) == {"disk"}
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+    greedy = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(offloaded.generate(ids, max_new_tokens=3, do_sample=False, use_cache=False), greedy)
+    with pytest.raises(NotImplementedError, match="offloaded .* use_cache=False"):
+        offloaded.generate(ids, max_new_tokens=3, do_sample=False)
