@@ -16,8 +16,8 @@ the rows themselves. Copies kept on the module:
 
 A copy stands only for a module that computes nothing but its product (`is_plain`): a LoRA
 adapter (peft), a quantised Linear or a forward hook changes what the module computes, so such a
-module is called instead; the fused CUDA training kernel, which reads weights itself, follows
-the same rule.
+module is called instead. The conv dispatch and the fused CUDA training kernel (kernels.py),
+which read weights themselves, follow the same rule.
 
 A copy is rebuilt whenever one of its parameters changes (another version counter, storage or
 dtype), so optimiser steps and load_state_dict are seen at once. Copies are used only where
