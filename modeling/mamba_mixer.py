@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoding import decoding_copy, decoding_linear, is_plain, uses_copies
+from .decoding import decoding_copy, decoding_linear, uses_copies
 from .kernels import (
     causal_conv_dispatch,
     conv_step_dispatch,
@@ -157,32 +157,26 @@ class MambaMixer(nn.Module):
         window = last.unsqueeze(-1) + 1 + torch.arange(self.conv_kernel, device=valid.device)  # (b, k)
         return full.transpose(1, 2).gather(1, window.unsqueeze(-1).expand(-1, -1, full.shape[1]))
 
-    def _step_constants(self, x):
-        """A (d_inner, n) float32 and the conv taps (k, d_inner) or None, for a decoding step on x.
-
-        On a CPU both are views of copies kept until A_log or the conv weight change (decoding.py).
-        """
+    def _decoding_A(self, x):
+        """A (d_inner, n) float32 for a decoding step on x: on a CPU, a view of Aᵀ kept until A_log changes
+        (decoding.py)."""
         if self.A_log.is_meta:
             raise NotImplementedError(
                 "a decoding step needs the mixer's parameters in memory, but they are offloaded (on the meta "
                 "device) and only forward calls load them; generate with use_cache=False, or load the model "
                 "without offloading"
             )
-        if not uses_copies(x, [self.A_log, self.conv1d.weight]):
-            return -torch.exp(self.A_log.float()), None
-        A_transposed = decoding_copy(
+        if not uses_copies(x, [self.A_log]):
+            return -torch.exp(self.A_log.float())
+        return decoding_copy(
             self, "_decoding_A_transposed", [self.A_log], lambda A_log: (-torch.exp(A_log.float())).t().contiguous()
-        )
-        if not is_plain(self.conv1d, nn.Conv1d):  # the conv step calls conv1d itself
-            return A_transposed.t(), None
-        taps = decoding_copy(self.conv1d, "_decoding_taps", [self.conv1d.weight], lambda w: w[:, 0].t().contiguous())
-        return A_transposed.t(), taps
+        ).t()
 
     def step(self, hidden_states, state):
         """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
-        A, taps = self._step_constants(hidden_states)
+        A = self._decoding_A(hidden_states)
         x, z = decoding_linear(self.in_proj, hidden_states).chunk(2, dim=-1)
-        x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels, taps)
+        x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
         y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
         return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))
