@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .branch import Branch
+from .decoding import decoding_linear
 
 
 class RMSNorm(nn.Module):
@@ -37,8 +38,11 @@ class SeRpEntBlock(nn.Module):
     def empty_state(self, batch_size, device, dtype=torch.float32):
         return [branch.empty_state(batch_size, device, dtype) for branch in self.branches]
 
-    def _combine(self, residual, outputs):
-        mixed = outputs[0] if self.projection is None else self.projection(torch.cat(outputs, dim=-1))
+    def _combine(self, residual, outputs, decoding=False):
+        mixed = outputs[0]
+        if self.projection is not None:
+            concat = torch.cat(outputs, dim=-1)
+            mixed = decoding_linear(self.projection, concat) if decoding else self.projection(concat)
         if self.residual_in_fp32:
             residual = residual.float()
         return (residual + mixed).to(outputs[0].dtype)
@@ -58,4 +62,4 @@ class SeRpEntBlock(nn.Module):
         """hidden_states (b, d) -> (b, d); `state` (list of BranchState) is advanced in place."""
         x = self.norm(hidden_states)
         outputs = [branch.step(x, branch_state) for branch, branch_state in zip(self.branches, state)]
-        return self._combine(hidden_states, outputs)
+        return self._combine(hidden_states, outputs, decoding=True)

@@ -147,7 +147,7 @@ def conv_step_dispatch(conv_state, x, conv, use_kernels=None):
         if not plain:  # a valid convolution of the k-element window: one output per channel
             return F.silu(conv(window.transpose(1, 2)).squeeze(-1))
         if uses_copies(x, [conv.weight]):
-            taps = decoding_copy(conv, "_decoding_taps", [conv.weight], lambda w: w[:, 0].t().contiguous())
+            taps = decoding_copy(conv, "taps", [conv.weight], lambda w: w[:, 0].t().contiguous())
         else:
             taps = conv.weight[:, 0].t()
         out = torch.linalg.vecdot(window, taps, dim=1)

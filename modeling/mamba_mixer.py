@@ -169,7 +169,7 @@ class MambaMixer(nn.Module):
         if not uses_copies(x, [self.A_log]):
             return -torch.exp(self.A_log.float())
         return decoding_copy(
-            self, "_decoding_A_transposed", [self.A_log], lambda A_log: (-torch.exp(A_log.float())).t().contiguous()
+            self, "A_transposed", [self.A_log], lambda A_log: (-torch.exp(A_log.float())).t().contiguous()
         ).t()
 
     def step(self, hidden_states, state):
@@ -179,4 +179,4 @@ class MambaMixer(nn.Module):
         x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
         y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
-        return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))
+        return decoding_linear(self.out_proj, y.to(hidden_states.dtype) * F.silu(z))

@@ -1,5 +1,8 @@
 """A CPU decoding step reads kept copies of weights (decoding.py): they give the same numbers and follow the weights."""
 
+import copy
+import io
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,7 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from modeling import MambaMixer, decoding_linear
-from modeling.decoding import decoding_copy
+from modeling import decoding
+from modeling.decoding import decoding_copy, kept_copies
 
 from .conftest import stepwise_logits, tiny_config, tiny_model
 
@@ -67,12 +71,13 @@ def test_a_mixer_step_reading_kept_copies_equals_one_that_derives_everything(bat
         torch.testing.assert_close(output_kept, output_derived, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kept.ssm, derived.ssm, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kept.conv, derived.conv, rtol=1e-5, atol=1e-6)
-    assert hasattr(mixer, "_decoding_A_transposed") and hasattr(mixer.conv1d, "_decoding_taps")
+    assert "A_transposed" in kept_copies(mixer) and "taps" in kept_copies(mixer.conv1d)
 
 
-def test_the_copy_follows_every_change_of_the_weight():
+@pytest.mark.parametrize("rows", [1, 3])  # the transposed copy (one row) and the packed one (several rows)
+def test_the_copy_follows_every_change_of_the_weight(rows):
     linear = nn.Linear(8, 32)
-    x = torch.randn(3, 8)
+    x = torch.randn(rows, 8)
     with torch.no_grad():
         decoding_linear(linear, x)  # builds the copy
         linear.weight.mul_(-2.0)  # an optimiser step or load_state_dict changes the weight in place
@@ -83,7 +88,53 @@ def test_the_copy_follows_every_change_of_the_weight():
     with torch.no_grad():
         assert decoding_linear(linear, x.double()).dtype == torch.float64
         torch.testing.assert_close(decoding_linear(linear, x.double()), linear(x.double()))
-    assert "_decoding_weight" not in "".join(linear.state_dict())  # never saved with the model
+    assert list(linear.state_dict()) == ["weight", "bias"]  # never saved with the model
+
+
+def test_a_model_that_decoded_copies_pickles_and_saves_and_its_copy_decodes_exactly():
+    """Copies live beside the modules, not on them: a packed weight has no storage, so deepcopy, pickling and
+    torch.save of a model that has decoded would otherwise fail (they did while copies were attributes)."""
+    model = tiny_model(seed=4)
+    ids = torch.randint(3, 97, (4, 9))
+    with torch.no_grad():
+        stepwise_logits(model, ids, prefill=3)  # builds packed copies (4 rows)
+    assert any("packed_weight" in kept_copies(m) for m in model.modules()) == (decoding.packed_products() is not None)
+    twin = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (twin, loaded):
+        assert not any(kept_copies(m) for m in other.modules())
+        with torch.no_grad():
+            stepped, _ = stepwise_logits(other, ids, prefill=3)
+            torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16])
+def test_each_projection_reads_the_copy_that_is_faster_for_its_rows(rows):
+    """Several rows: the packed weight; one row: W' for a wide projection (in_proj, the head), the module itself
+    for a narrow one (out_proj, the concat projection). Both give the module's output."""
+    wide, narrow = nn.Linear(16, 64), nn.Linear(64, 16)
+    with torch.no_grad():
+        for linear in (wide, narrow):
+            x = torch.randn(rows, 1, linear.in_features)
+            torch.testing.assert_close(decoding_linear(linear, x), linear(x), rtol=1e-5, atol=1e-6)
+    if rows > 1 and (decoding.packed_products() is not None):
+        assert set(kept_copies(wide)) == set(kept_copies(narrow)) == {"packed_weight"}
+    elif rows == 1:
+        assert set(kept_copies(wide)) == {"transposed_weight"} and not kept_copies(narrow)
+
+
+def test_decoding_without_packed_products_matches_the_full_forward(monkeypatch):
+    """A torch build without oneDNN (no packed products) decodes batches with the transposed copies."""
+    monkeypatch.setattr(decoding, "packed_products", lambda: None)
+    model = tiny_model(seed=9)
+    ids = torch.randint(3, 97, (3, 9))
+    with torch.no_grad():
+        stepped, _ = stepwise_logits(model, ids, prefill=2)
+        torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
+    assert not any("packed_weight" in kept_copies(m) for m in model.modules())
 
 
 def test_gradients_reach_the_weight_and_the_input():
@@ -118,7 +169,7 @@ def test_generation_with_copies_matches_the_full_forward_after_the_weights_chang
     optimizer.step()
     decode_then_compare()
     mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
-    assert all(hasattr(m.in_proj, "_decoding_weight") and hasattr(m, "_decoding_A_transposed") for m in mixers)
+    assert all({"packed_weight"} <= set(kept_copies(m.in_proj)) and "A_transposed" in kept_copies(m) for m in mixers)
 
 
 def test_a_model_built_under_inference_mode_decodes_without_copies():
@@ -132,7 +183,7 @@ def test_a_model_built_under_inference_mode_decodes_without_copies():
         model.lm_head.weight.mul_(0.5)  # an in-place change no version counter records
         stepped, _ = stepwise_logits(model, ids, prefill=3)
         torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
-    assert not any(name.startswith("_decoding") for m in model.modules() for name in vars(m))
+    assert not any(kept_copies(m) for m in model.modules())
 
 
 class ScaledLinear(nn.Linear):
