@@ -47,8 +47,14 @@ class SeRpEntBlock(nn.Module):
             residual = residual.float()
         return (residual + mixed).to(outputs[0].dtype)
 
-    def forward(self, hidden_states, valid=None, state=None, return_state=False):
-        """hidden_states (b, l, d) -> (b, l, d), list of BranchState (or None), list of BranchStatistics."""
+    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False):
+        """hidden_states (b, l, d) -> (b, l, d), list of BranchState (or None), list of BranchStatistics.
+
+        With decoding_step=True: one element (b, d) -> (b, d), `state` advanced in place (`step`). Decoding calls
+        the block, not `step`, so that hooks on it run (accelerate places and offloads weights with hooks).
+        """
+        if decoding_step:
+            return self.step(hidden_states, state)
         x = self.norm(hidden_states)
         outputs, states, statistics = [], [], []
         for index, branch in enumerate(self.branches):

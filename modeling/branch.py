@@ -92,7 +92,7 @@ class Branch(nn.Module):
 
         No host synchronisation on a GPU."""
         if self.resampler is None:
-            return self.mixer.step(x, state.mixer)
+            return self.mixer(x, state=state.mixer, decoding_step=True)
         resampling = state.resampling
         emits = self.resampler.step_clock(x, resampling)
         if host_reads_are_free(emits.device):
@@ -100,19 +100,20 @@ class Branch(nn.Module):
             # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.
             rows = emits.nonzero().squeeze(-1)
             if rows.numel() == emits.shape[0]:  # every row emits (always so at batch 1): no gather
-                output = self.mixer.step(self.resampler.step_sample(resampling), state.mixer)
+                output = self.mixer(self.resampler.step_sample(resampling), state=state.mixer, decoding_step=True)
                 resampling.last_output.copy_(output)
             elif rows.numel() > 0:
                 # index_select, not tensor[rows]: the general indexing kernel is 4x slower at these sizes.
                 emitters = state.mixer.map(lambda tensor: tensor.index_select(0, rows))
-                output = self.mixer.step(self.resampler.step_sample(resampling).index_select(0, rows), emitters)
+                samples = self.resampler.step_sample(resampling).index_select(0, rows)
+                output = self.mixer(samples, state=emitters, decoding_step=True)
                 state.mixer.index_copy_(rows, emitters)
                 resampling.last_output.index_copy_(0, rows, output.to(resampling.last_output.dtype))
         else:
             # On a GPU a data-dependent branch would be a host synchronisation per token: every row
             # steps a copy of the SSM state and `where` keeps it for the rows that emit.
             stepped = state.mixer.map(torch.clone)
-            output = self.mixer.step(self.resampler.step_sample(resampling), stepped)
+            output = self.mixer(self.resampler.step_sample(resampling), state=stepped, decoding_step=True)
             state.mixer.copy_where_(emits, stepped)
             last_output = resampling.last_output
             last_output.copy_(torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output))

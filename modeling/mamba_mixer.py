@@ -106,11 +106,15 @@ class MambaMixer(nn.Module):
         delta = F.softplus(self.dt_proj(low_rank).float())
         return delta, B, C
 
-    def forward(self, hidden_states, valid=None, state=None, return_state=False):
+    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False):
         """hidden_states (b, l, hidden); valid (b, l) bool or None; state: MixerState or None.
 
         Returns (b, l, hidden) and the final MixerState (or None unless return_state).
+        With decoding_step=True: one element (b, hidden) -> (b, hidden), `state` advanced in place (`step`).
+        Decoding calls the mixer, not `step`, so that hooks on it run (accelerate's offloading loads A_log and D).
         """
+        if decoding_step:
+            return self.step(hidden_states, state)
         batch, length, _ = hidden_states.shape
         if self.training and state is None and not return_state and valid is None:
             fused = fused_mixer_dispatch(self, hidden_states, self.use_kernels)
@@ -161,10 +165,9 @@ class MambaMixer(nn.Module):
         """A (d_inner, n) float32 for a decoding step on x: on a CPU, a view of Aᵀ kept until A_log changes
         (decoding.py)."""
         if self.A_log.is_meta:
-            raise NotImplementedError(
-                "a decoding step needs the mixer's parameters in memory, but they are offloaded (on the meta "
-                "device) and only forward calls load them; generate with use_cache=False, or load the model "
-                "without offloading"
+            raise RuntimeError(
+                "the mixer's parameters are offloaded (on the meta device) and only a call of the mixer loads "
+                "them: step through mixer(x, state=state, decoding_step=True), not mixer.step"
             )
         if not uses_copies(x, [self.A_log]):
             return -torch.exp(self.A_log.float())

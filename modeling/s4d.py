@@ -136,11 +136,15 @@ class S4DMixer(nn.Module):
         """GLU(W · dropout(GELU(y)) + b): (..., d) -> (..., d)."""
         return F.glu(self.output_linear(self.dropout(F.gelu(y.to(dtype)))), dim=-1)
 
-    def forward(self, hidden_states, valid=None, state=None, return_state=False):
+    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False):
         """hidden_states (b, l, d); valid (b, l) bool or None; state: S4DState or None.
 
         Returns (b, l, d) and the final S4DState (None unless return_state).
+        With decoding_step=True: one element (b, d) -> (b, d), `state` advanced in place (`step`; a call, so
+        that hooks on the mixer run).
         """
+        if decoding_step:
+            return self.step(hidden_states, state)
         if self.bidirectional and (state is not None or return_state):
             raise NotImplementedError(
                 "a bidirectional S4D reads later elements, so it has no recurrent state to return or continue "

@@ -4,7 +4,7 @@ Decoding at small batch is dominated by kernel launches: each token runs hundred
 kernels. A CUDA graph records them once and replays them with one launch. Graphs need fixed
 memory addresses, so the step reads and writes static buffers: the token ids, every tensor of
 the cache's state, and the output hidden state. The decoding step itself is the same
-`SeRpEntBlock.step` as in eager mode (its GPU path has no host synchronisation), so replay is
+block step as in eager mode (its GPU path has no host synchronisation), so replay is
 exact against eager decoding.
 
 The cache's `layer_states` are re-pointed at the static buffers when the graph is built, and
@@ -33,7 +33,7 @@ class StaticDecodeStep:
         """The eager step over the static buffers (also what the graph records)."""
         hidden = self.model.embeddings(self.token_ids[:, 0])
         for layer, state in zip(self.model.layers, self.cache.layer_states):
-            hidden = layer.step(hidden, state)  # advances the static buffers in place
+            hidden = layer(hidden, state=state, decoding_step=True)  # advances the static buffers in place
         self.hidden_states = self.model.norm_f(hidden).unsqueeze(1)
         return self.hidden_states
 

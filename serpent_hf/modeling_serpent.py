@@ -169,7 +169,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 all_hidden_states += (hidden_states,)
             previous = cache.layer_states[index] if resuming else None
             if single_step:  # the recurrent step advances the cache's state in place
-                hidden_states = layer.step(hidden_states[:, 0], previous).unsqueeze(1)
+                hidden_states = layer(hidden_states[:, 0], state=previous, decoding_step=True).unsqueeze(1)
                 state, stats = previous, None
             elif self.gradient_checkpointing and self.training:
                 hidden_states, state, stats = self._gradient_checkpointing_func(

@@ -239,13 +239,13 @@ def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
     assert partial_steps > 0  # the gather / write-back path ran
 
 
-def test_a_model_with_offloaded_weights_runs_and_says_why_it_cannot_decode_from_a_cache(tmp_path):
+def test_a_model_with_offloaded_weights_generates_as_the_model_in_memory(tmp_path):
     """accelerate's disk offloading keeps weights on the meta device and loads each module's own weights in a
-    hook around its forward. Forward passes call every module that holds weights (conv1d included), so they
-    match the model in memory, and so does generate without a cache; a decoding step reads the mixer's A_log
-    outside any forward, so cached decoding says why it cannot run instead of failing somewhere inside."""
+    hook around its forward. Forward passes and decoding steps call every module that holds weights (conv1d,
+    the mixers, whose A_log and D a step reads), so both match the model in memory, with and without a cache
+    (cached decoding used to read A_log outside any call and could not run)."""
     model = tiny_model(seed=9)
-    ids = torch.randint(3, 97, (1, 6))
+    ids = torch.randint(3, 97, (2, 6))
     model.save_pretrained(tmp_path / "model")
     offloaded = AutoModelForCausalLM.from_pretrained(
         tmp_path / "model", device_map="auto", max_memory={"cpu": "20KB"}, offload_folder=str(tmp_path / "offload")
@@ -253,7 +253,38 @@ def test_a_model_with_offloaded_weights_runs_and_says_why_it_cannot_decode_from_
     assert set(offloaded.hf_device_map.values()) == {"disk"}
     with torch.no_grad():
         torch.testing.assert_close(offloaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
-    greedy = model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert torch.equal(offloaded.generate(ids, max_new_tokens=3, do_sample=False, use_cache=False), greedy)
-    with pytest.raises(NotImplementedError, match="offloaded .* use_cache=False"):
-        offloaded.generate(ids, max_new_tokens=3, do_sample=False)
+        stepped, _ = stepwise_logits(offloaded, ids, prefill=2)
+        torch.testing.assert_close(stepped, model(ids).logits, rtol=0, atol=1e-4)
+    greedy = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False), greedy)
+    assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False), greedy)
+    assert all(p.is_meta for p in offloaded.parameters())  # still offloaded: nothing was loaded for good
+    mixer = offloaded.model.layers[0].branches[0].mixer
+    with pytest.raises(RuntimeError, match=r"offloaded .* decoding_step=True"):
+        mixer.step(torch.zeros(1, mixer.hidden_size), mixer.empty_state(1, "cpu"))  # bypasses the loading hook
+
+
+@pytest.mark.parametrize("where", ["block", "mixer of a compressed branch"])
+def test_decoding_steps_run_the_hooks_of_blocks_and_mixers(where):
+    """A decoding step is a call of each block and mixer, not a method beside it, so a forward hook on one (how
+    accelerate places layers on devices, how interpretability tools read activations) runs in the full forward
+    and in every decoding step alike: a hook that changes the output moves both to the same logits."""
+    model = tiny_model(seed=12)
+    block = model.model.layers[1]
+    module = block if where == "block" else block.branches[1].mixer
+    ids = torch.randint(3, 97, (2, 9))
+    with torch.no_grad():
+        before = model(ids).logits
+    calls = []
+
+    def shift(module, args, kwargs, output):
+        calls.append(kwargs.get("decoding_step", False))
+        return (output[0] + 0.5, *output[1:]) if isinstance(output, tuple) else output + 0.5
+
+    module.register_forward_hook(shift, with_kwargs=True)
+    with torch.no_grad():
+        full = model(ids).logits
+        stepped, _ = stepwise_logits(model, ids, prefill=3)
+    assert (full - before).abs().max().item() > 1e-2  # the hook matters
+    torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)
+    assert calls.count(True) > 0
