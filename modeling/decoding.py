@@ -73,11 +73,15 @@ def is_plain(module, kind=nn.Linear):
 
 def uses_copies(x, parameters):
     """Whether a decoding step on `x` may read copies of `parameters`: on a CPU, with no gradient to reach them,
-    and not for parameters created under inference_mode (they keep no version counter, so a change would go unseen)."""
-    parameters = list(parameters)
-    if x.device.type != "cpu" or any(p.is_inference() for p in parameters):
+    and not for parameters created under inference_mode (they keep no version counter, so a change would go unseen).
+    A loop rather than any(): this runs several times per layer and token."""
+    if x.device.type != "cpu":
         return False
-    return not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters))
+    gradients = torch.is_grad_enabled()
+    for parameter in parameters:
+        if parameter.is_inference() or (gradients and parameter.requires_grad):
+            return False
+    return True
 
 
 def kept_copies(module):
@@ -87,8 +91,10 @@ def kept_copies(module):
 
 def decoding_copy(module, name, parameters, build):
     """build(*parameters), kept for `module` under `name` and rebuilt when one of `parameters` has changed."""
-    key = tuple((p._version, p.data_ptr(), p.dtype) for p in parameters)
-    kept = _KEPT.setdefault(module, {})
+    key = [(p._version, p.data_ptr(), p.dtype) for p in parameters]
+    kept = _KEPT.get(module)
+    if kept is None:
+        kept = _KEPT[module] = {}
     cached = kept.get(name)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
@@ -109,21 +115,21 @@ def packed_products():
 
 def decoding_linear(linear, x):
     """linear(x) for the few rows of a decoding step: on a CPU, the product with a kept copy (see above)."""
-    if not is_plain(linear) or not uses_copies(x, linear.parameters()):
+    weight, bias = linear.weight, linear.bias
+    if not is_plain(linear) or not uses_copies(x, (weight,) if bias is None else (weight, bias)):
         return linear(x)
     rows = x.numel() // x.shape[-1]
     # The packed product is float32 only and has no autograd formula.
-    packable = x.dtype == linear.weight.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
+    packable = x.dtype == weight.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
     products = packed_products() if rows >= PACKED_MIN_ROWS and packable else None
     if products is not None:
         pack, multiply = products
-        packed = decoding_copy(linear, "packed_weight", [linear.weight], lambda w: pack(w, PACKING_ROWS_HINT))
-        return multiply(x, packed, linear.bias, "none", [], "")
+        packed = decoding_copy(linear, "packed_weight", (weight,), lambda w: pack(w, PACKING_ROWS_HINT))
+        return multiply(x, packed, bias, "none", [], "")
     if linear.out_features <= linear.in_features:
         return linear(x)
-    weight = decoding_copy(linear, "transposed_weight", [linear.weight], lambda w: w.t().contiguous())
-    output = torch.matmul(x, weight)
-    return output if linear.bias is None else output.add_(linear.bias)
+    output = torch.matmul(x, decoding_copy(linear, "transposed_weight", (weight,), lambda w: w.t().contiguous()))
+    return output if bias is None else output.add_(bias)
 
 
 __all__ = ["decoding_copy", "decoding_linear", "is_plain", "kept_copies", "uses_copies"]
