@@ -7,6 +7,7 @@ Read in this order, which is the order of DESIGN.md:
     mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
     s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
+    selectivity.py   θ_Δ of every branch reading the token embeddings, in exact arithmetic
     branch.py        resample -> SSM -> decompress at one compression rate
     block.py         RMSNorm, branches, concat projection, residual
     state.py         recurrent state for generation
@@ -18,11 +19,13 @@ from .decoding import decoding_linear
 from .mamba_mixer import MambaMixer
 from .resampling import CLOCK_QUANTUM, GaussianBasis, SelectiveResampler, SelectivityNetwork
 from .s4d import S4DMixer
+from .selectivity import EmbeddingSelectivity
 from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
     "CLOCK_QUANTUM",
     "Branch",
+    "EmbeddingSelectivity",
     "BranchState",
     "BranchStatistics",
     "GaussianBasis",

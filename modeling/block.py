@@ -47,25 +47,37 @@ class SeRpEntBlock(nn.Module):
             residual = residual.float()
         return (residual + mixed).to(outputs[0].dtype)
 
-    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False):
+    def branch_logits(self, logits):
+        """θ_Δ's logits for every branch: logits (..., C) for the C compressed branches in order (or None) ->
+        a list with one (...) tensor per compressed branch and None for the κ = 1 branch."""
+        if logits is None:
+            return [None] * len(self.branches)
+        columns = iter(logits.unbind(-1))
+        return [None if branch.resampler is None else next(columns) for branch in self.branches]
+
+    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False, logits=None):
         """hidden_states (b, l, d) -> (b, l, d), list of BranchState (or None), list of BranchStatistics.
 
+        logits (b, l, C) float64: θ_Δ's for the C compressed branches, from the token embeddings (delta_source
+        "embedding"); None when each branch's θ_Δ reads the block's input ("hidden").
         With decoding_step=True: one element (b, d) -> (b, d), `state` advanced in place (`step`). Decoding calls
         the block, not `step`, so that hooks on it run (accelerate places and offloads weights with hooks).
         """
         if decoding_step:
-            return self.step(hidden_states, state)
+            return self.step(hidden_states, state, logits)
         x = self.norm(hidden_states)
         outputs, states, statistics = [], [], []
-        for index, branch in enumerate(self.branches):
-            y, branch_state, stats = branch(x, valid, None if state is None else state[index], return_state)
+        for index, (branch, branch_logits) in enumerate(zip(self.branches, self.branch_logits(logits))):
+            previous = None if state is None else state[index]
+            y, branch_state, stats = branch(x, valid, previous, return_state, branch_logits)
             outputs.append(y)
             states.append(branch_state)
             statistics.append(stats)
         return self._combine(hidden_states, outputs), (states if return_state else None), statistics
 
-    def step(self, hidden_states, state):
-        """hidden_states (b, d) -> (b, d); `state` (list of BranchState) is advanced in place."""
+    def step(self, hidden_states, state, logits=None):
+        """hidden_states (b, d) -> (b, d); `state` (list of BranchState) is advanced in place; logits (b, C) or None."""
         x = self.norm(hidden_states)
-        outputs = [branch.step(x, branch_state) for branch, branch_state in zip(self.branches, state)]
+        per_branch = zip(self.branches, state, self.branch_logits(logits))
+        outputs = [branch.step(x, branch_state, branch_logits) for branch, branch_state, branch_logits in per_branch]
         return self._combine(hidden_states, outputs, decoding=True)

@@ -54,14 +54,16 @@ class Branch(nn.Module):
                 config.num_basis,
                 causal=causal,
                 delta_bias_init=config.delta_bias_init,
+                delta_from_input=config.delta_source == "hidden",
             )
 
     def empty_state(self, batch_size, device, dtype=torch.float32):
         resampling = None if self.resampler is None else self.resampler.empty_state(batch_size, device, dtype)
         return BranchState(mixer=self.mixer.empty_state(batch_size, device, dtype), resampling=resampling)
 
-    def forward(self, x, valid=None, state=None, return_state=False):
-        """x (b, l, d); valid (b, l) bool or None; state: BranchState of the previous chunk or None.
+    def forward(self, x, valid=None, state=None, return_state=False, logits=None):
+        """x (b, l, d); valid (b, l) bool or None; state: BranchState of the previous chunk or None;
+        logits (b, l) float64: θ_Δ's, from the token embeddings (delta_source "embedding"), or None.
 
         Returns y (b, l, d), the new BranchState (None unless return_state) and BranchStatistics.
         """
@@ -76,7 +78,7 @@ class Branch(nn.Module):
         previous = state.resampling if state is not None else self.resampler.empty_state(batch, x.device, x.dtype)
         if valid is not None:
             x = x * valid.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to any sample
-        deltas = self.resampler.deltas(x, valid)
+        deltas = self.resampler.deltas(x, valid, logits)
         times = previous.clock.unsqueeze(-1) + torch.cumsum(deltas, dim=-1)
         samples, sample_valid, new_counts = self.resampler.compress(x, times, previous)
         outputs, mixer_state = self.mixer(samples, sample_valid, None if state is None else state.mixer, return_state)
@@ -87,14 +89,14 @@ class Branch(nn.Module):
             new_state = BranchState(mixer=mixer_state, resampling=resampling)
         return y, new_state, BranchStatistics(deltas, new_counts)
 
-    def step(self, x, state):
-        """One element x (b, d) -> y (b, d); `state` (BranchState) is advanced in place.
+    def step(self, x, state, logits=None):
+        """One element x (b, d) -> y (b, d); `state` (BranchState) is advanced in place; logits (b,) as in forward.
 
         No host synchronisation on a GPU."""
         if self.resampler is None:
             return self.mixer(x, state=state.mixer, decoding_step=True)
         resampling = state.resampling
-        emits = self.resampler.step_clock(x, resampling)
+        emits = self.resampler.step_clock(x, resampling, logits)
         if host_reads_are_free(emits.device):
             # On a CPU, reading `emits` costs nothing (there is no device to wait for), and most rows
             # of a compressed branch emit nothing at a given token: step the SSM for the emitters only.

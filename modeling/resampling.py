@@ -135,7 +135,12 @@ def _rows(tensor, index):
 
 
 class SelectiveResampler(nn.Module):
-    def __init__(self, hidden_size, compression_rate, num_neighbors, num_basis, causal=True, delta_bias_init=-3.0):
+    def __init__(
+        self, hidden_size, compression_rate, num_neighbors, num_basis, causal=True, delta_bias_init=-3.0,
+        delta_from_input=True,
+    ):
+        """delta_from_input: θ_Δ reads this resampler's input (delta_source "hidden"); otherwise the caller passes
+        θ_Δ's logits from the token embeddings (selectivity.py) and the resampler has no θ_Δ of its own."""
         super().__init__()
         if not 0.0 < compression_rate < 1.0:
             raise ValueError(f"a resampling branch needs a compression rate in (0, 1), got {compression_rate}")
@@ -144,7 +149,7 @@ class SelectiveResampler(nn.Module):
         self.causal = causal
         # The smallest Δ after quantisation: rounding must never go below κ, or floor(κ·L) <= M could fail.
         self.min_delta = math.ceil(compression_rate / CLOCK_QUANTUM) * CLOCK_QUANTUM
-        self.selectivity = SelectivityNetwork(hidden_size, delta_bias_init)  # θ_Δ
+        self.selectivity = SelectivityNetwork(hidden_size, delta_bias_init) if delta_from_input else None  # θ_Δ
         gap_range = (-1.0, float(num_neighbors)) if causal else (-num_neighbors / 2 - 1.0, num_neighbors / 2 + 1.0)
         self.compression_basis = GaussianBasis(num_basis, hidden_size, *gap_range, bias_value=1.0 / num_neighbors)
         self.decompression_basis = GaussianBasis(
@@ -152,7 +157,7 @@ class SelectiveResampler(nn.Module):
         )
 
     def empty_state(self, batch_size, device, dtype=torch.float32):
-        hidden = self.selectivity.weight.shape[1]
+        hidden = self.compression_basis.weight.shape[0]
         zeros64 = torch.zeros(batch_size, device=device, dtype=torch.float64)
         return ResamplingState(
             neighbor_inputs=torch.zeros(batch_size, self.num_neighbors, hidden, device=device, dtype=dtype),
@@ -162,9 +167,13 @@ class SelectiveResampler(nn.Module):
             last_output=torch.zeros(batch_size, hidden, device=device, dtype=dtype),
         )
 
-    def deltas(self, x, valid=None):
-        """Δ (...,) float64 from x (..., d): κ + (1-κ)·sigmoid(θ_Δ(x)), quantised straight-through."""
-        delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(self.selectivity(x))
+    def deltas(self, x, valid=None, logits=None):
+        """Δ (...,) float64: κ + (1-κ)·sigmoid(θ_Δ), quantised straight-through, 0 where valid is False.
+
+        θ_Δ's logits (...,) are given (delta_source "embedding") or computed from x (..., d) ("hidden")."""
+        if logits is None:
+            logits = self.selectivity(x)
+        delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(logits)
         quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(min=self.min_delta, max=1.0)
         delta = delta + (quantised - delta).detach() if delta.requires_grad else quantised
         if valid is not None:
@@ -237,12 +246,13 @@ class SelectiveResampler(nn.Module):
             last_output=last_output,
         )
 
-    def step_clock(self, x, state):
+    def step_clock(self, x, state, logits=None):
         """One element x (b, d): advance the clock and the neighbour buffers of `state` in place -> emits (b,) bool.
 
-        A row emits when floor(t) passes its emitted count m; its new sample is then m + 1.
+        logits (b,): θ_Δ's, when given from the token embeddings. A row emits when floor(t) passes its emitted
+        count m; its new sample is then m + 1.
         """
-        clock = state.clock.add_(self.deltas(x))
+        clock = state.clock.add_(self.deltas(x, logits=logits))
         emits = torch.floor(clock) > state.emitted
         state.emitted.add_(emits)  # Δ <= 1: at most one new sample per element
         state.neighbor_inputs.copy_(torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1))

@@ -26,6 +26,8 @@ def config_signature(config):
         tuple(config.compression_rates),
         config.num_neighbors,
         config.ssm_type,
+        config.delta_source,
+        config.delta_window,
     )
 
 
@@ -33,9 +35,11 @@ class SeRpEntCache:
     # Read by generate(): no torch.compile of the step (on a CPU it reads which rows emit to skip the others).
     is_compileable = False
 
-    def __init__(self, config, layer_states, num_tokens=0):
+    def __init__(self, config, layer_states, num_tokens=0, selectivity_state=None):
         self.signature = config_signature(config)
         self.layer_states = layer_states  # list (layers) of list (branches) of BranchState
+        # delta_source "embedding" with delta_window W > 1: θ_Δ scores of the last W-1 tokens (b, W-1, P) float64.
+        self.selectivity_state = selectivity_state
         self.num_tokens = num_tokens  # tokens consumed so far (including left padding)
         self.decode_step = None  # a StaticDecodeStep (CUDA graph) bound to this cache's tensors, if any
 
@@ -47,6 +51,8 @@ class SeRpEntCache:
         for layer in self.layer_states:
             for state in layer:
                 yield from state.tensors()
+        if self.selectivity_state is not None:
+            yield self.selectivity_state
 
     def get_seq_length(self, layer_idx=0):
         return self.num_tokens
@@ -56,7 +62,7 @@ class SeRpEntCache:
         expected = config_signature(config)
         if self.signature != expected:
             names = ("num_hidden_layers", "hidden_size", "intermediate_size", "state_size", "conv_kernel",
-                     "compression_rates", "num_neighbors", "ssm_type")
+                     "compression_rates", "num_neighbors", "ssm_type", "delta_source", "delta_window")
             diffs = [f"{n}: cache {a} vs model {b}" for n, a, b in zip(names, self.signature, expected) if a != b]
             raise ValueError("the cache was built for another model config (" + "; ".join(diffs) + ")")
         if self.batch_size != batch_size:
@@ -64,6 +70,8 @@ class SeRpEntCache:
 
     def _apply(self, fn):
         self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]
+        if self.selectivity_state is not None:
+            self.selectivity_state = fn(self.selectivity_state)
         self.decode_step = None  # new tensors: a captured graph no longer points at them
 
     def reorder_cache(self, beam_idx):

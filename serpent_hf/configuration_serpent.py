@@ -2,8 +2,8 @@
 
 Mamba's fields keep transformers' `MambaConfig` names and defaults; SeRpEnt adds the branch
 rates κ (`compression_rates`), the neighbour count K (`num_neighbors`), the basis size G
-(`num_basis`), the initial bias of the selectivity network θ_Δ (`delta_bias_init`) and the SSM
-family (`ssm_type`); the S4D backend and the classifier add `s4d_init`, `s4d_dt_min`,
+(`num_basis`), what the selectivity network θ_Δ reads (`delta_source`, `delta_window`), its
+initial bias (`delta_bias_init`) and the SSM family (`ssm_type`); the S4D backend and the classifier add `s4d_init`, `s4d_dt_min`,
 `s4d_dt_max`, `dropout` and `pair_classification`. `intermediate_size` and `time_step_rank` are
 derived here and nowhere else.
 """
@@ -27,6 +27,13 @@ class SeRpEntConfig(PretrainedConfig):
         compression_rates: one branch per rate κ in (0, 1]; 1.0 is the plain SSM branch.
         num_neighbors: K, elements combined into each compressed sample.
         num_basis: G, Gaussian basis functions of the compression and decompression weights.
+        delta_source: what θ_Δ reads. "embedding" (default): the token embeddings, so every branch's clock is a
+            function of the token ids, planned before the first block, and generation reproduces the forward
+            pass bit for bit at any depth and length. "hidden": the block's normalised input (the paper's
+            reading); decoding can then drift from the forward pass (README, "Two sources of Δ").
+            Checkpoints saved before this option existed load as "hidden", which is what they computed.
+        delta_window: with delta_source "embedding", θ_Δ reads the mean of the last W token embeddings
+            (a causal window; 1 = the token's own embedding).
         delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate).
         ssm_type: "mamba" (language modelling) or "s4d" (Long Range Arena).
         bidirectional: non-causal model for sequence classification: resampling windows on both sides of
@@ -58,6 +65,8 @@ class SeRpEntConfig(PretrainedConfig):
     compression_rates: list[float] | tuple[float, ...] = (1.0, 0.5, 0.25)
     num_neighbors: int = 4
     num_basis: int = 8
+    delta_source: str = "embedding"
+    delta_window: int = 1
     delta_bias_init: float = -3.0
     ssm_type: str = "mamba"
     bidirectional: bool = False
@@ -101,7 +110,7 @@ class SeRpEntConfig(PretrainedConfig):
         """Called by `@strict` on creation and on every load: bad values fail here, with their name."""
         super().validate_architecture()
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel",
-                    "num_neighbors", "num_basis", "time_step_rank")
+                    "num_neighbors", "num_basis", "time_step_rank", "delta_window")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -114,6 +123,13 @@ class SeRpEntConfig(PretrainedConfig):
                 raise ValueError(f"SeRpEntConfig.compression_rates entries must lie in (0, 1], got {rate} in {rates}")
         if len(set(rates)) != len(rates):
             raise ValueError(f"SeRpEntConfig.compression_rates must not repeat a rate, got {rates}")
+        if self.delta_source not in ("embedding", "hidden"):
+            raise ValueError(f"SeRpEntConfig.delta_source must be 'embedding' or 'hidden', got {self.delta_source!r}")
+        if self.delta_window > 1 and self.delta_source != "embedding":
+            raise ValueError(
+                f"SeRpEntConfig.delta_window = {self.delta_window} needs delta_source 'embedding' (a window of token "
+                "embeddings); with 'hidden' θ_Δ reads one element"
+            )
         if self.ssm_type not in ("mamba", "s4d"):
             raise ValueError(f"SeRpEntConfig.ssm_type must be 'mamba' or 's4d', got {self.ssm_type!r}")
         if self.hidden_act != "silu":
@@ -141,6 +157,14 @@ class SeRpEntConfig(PretrainedConfig):
             raise ValueError(f"SeRpEntConfig.dropout must lie in [0, 1), got {self.dropout}")
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"SeRpEntConfig.pooling must be 'mean' or 'last', got {self.pooling!r}")
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # A config written by save_pretrained (it records transformers_version) before delta_source existed
+        # computed Δ from the hidden states: it loads as "hidden", so the checkpoint computes what it computed.
+        if "transformers_version" in config_dict and "delta_source" not in config_dict:
+            config_dict = {**config_dict, "delta_source": "hidden"}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def layer_types(self):

@@ -7,7 +7,7 @@ the cache's state, and the output hidden state. The decoding step itself is the 
 block step as in eager mode (its GPU path has no host synchronisation), so replay is
 exact against eager decoding.
 
-The cache's `layer_states` are re-pointed at the static buffers when the graph is built, and
+The cache's `layer_states` (and the θ_Δ window, `selectivity_state`) are re-pointed at the static buffers when the graph is built, and
 `SeRpEntCache` writes reorders (beam search) into those buffers in place.
 """
 
@@ -25,6 +25,8 @@ class StaticDecodeStep:
         self.token_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         # Static copies of the state; the cache now reads and writes these.
         cache.layer_states = [[state.map(torch.clone) for state in layer] for layer in cache.layer_states]
+        if cache.selectivity_state is not None:
+            cache.selectivity_state = cache.selectivity_state.clone()
         self.buffers = list(cache.tensors())
         self.hidden_states = None
         self.graph = None
@@ -32,9 +34,7 @@ class StaticDecodeStep:
     def run(self):
         """The eager step over the static buffers (also what the graph records)."""
         hidden = self.model.embeddings(self.token_ids[:, 0])
-        for layer, state in zip(self.model.layers, self.cache.layer_states):
-            hidden = layer(hidden, state=state, decoding_step=True)  # advances the static buffers in place
-        self.hidden_states = self.model.norm_f(hidden).unsqueeze(1)
+        self.hidden_states = self.model.decoding_step(hidden, self.cache).unsqueeze(1)  # advances the buffers in place
         return self.hidden_states
 
     def capture(self, warmup=3):

@@ -15,7 +15,16 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
 
-from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork, decoding_linear
+from modeling import (
+    EmbeddingSelectivity,
+    GaussianBasis,
+    MambaMixer,
+    RMSNorm,
+    S4DMixer,
+    SeRpEntBlock,
+    SelectivityNetwork,
+    decoding_linear,
+)
 
 from .cache import SeRpEntCache
 from .compat import CACHE_NAME, output_class, resolve_cache
@@ -59,7 +68,7 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, (MambaMixer, S4DMixer, SelectivityNetwork, GaussianBasis)):
+        if isinstance(module, (MambaMixer, S4DMixer, SelectivityNetwork, EmbeddingSelectivity, GaussianBasis)):
             for name, value in module.initial_parameters().items():
                 parameter = module.get_parameter(name)
                 init.copy_(parameter, value.to(parameter.device, parameter.dtype))
@@ -81,6 +90,15 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             SeRpEntBlock(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
         )
         self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        # delta_source "embedding": θ_Δ of every compressed branch, in one module that plans every clock
+        # before the first block (modeling/selectivity.py).
+        self.selectivity = None
+        compressed = sum(rate < 1.0 for rate in config.compression_rates)
+        if config.delta_source == "embedding" and compressed > 0:
+            self.selectivity = EmbeddingSelectivity(
+                config.hidden_size, config.num_hidden_layers * compressed, config.delta_window,
+                embedding_std=config.initializer_range, bias_init=config.delta_bias_init,
+            )
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -93,7 +111,25 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
     def empty_cache(self, batch_size, device=None, dtype=None):
         device = device or self.embeddings.weight.device
         dtype = dtype or self.embeddings.weight.dtype
-        return SeRpEntCache(self.config, [layer.empty_state(batch_size, device, dtype) for layer in self.layers])
+        layer_states = [layer.empty_state(batch_size, device, dtype) for layer in self.layers]
+        selectivity_state = None if self.selectivity is None else self.selectivity.empty_state(batch_size, device)
+        return SeRpEntCache(self.config, layer_states, selectivity_state=selectivity_state)
+
+    def layer_logits(self, logits):
+        """θ_Δ's logits of every compressed branch (..., layers · C) -> one (..., C) per layer (None without them)."""
+        if logits is None:
+            return [None] * len(self.layers)
+        return list(logits.chunk(len(self.layers), dim=-1))
+
+    def decoding_step(self, hidden, cache):
+        """One token for every row: its embedding (b, d) -> hidden state (b, d) after the final norm; `cache` is
+        advanced in place. Also what a captured CUDA graph replays (cuda_graphs.py)."""
+        logits = None
+        if self.selectivity is not None:
+            logits = self.selectivity(hidden, state=cache.selectivity_state, decoding_step=True)
+        for layer, state, layer_logits in zip(self.layers, cache.layer_states, self.layer_logits(logits)):
+            hidden = layer(hidden, state=state, decoding_step=True, logits=layer_logits)  # advances `state` in place
+        return self.norm_f(hidden)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
         if (input_ids is None) == (inputs_embeds is None):
@@ -154,43 +190,49 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
-        use_graph = self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None
-        if single_step and use_graph and not output_hidden_states:
-            if cache.decode_step is None:
-                cache.decode_step = StaticDecodeStep(self, cache).capture()
+        if single_step and not output_hidden_states:
+            if self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None:
+                if cache.decode_step is None:
+                    cache.decode_step = StaticDecodeStep(self, cache).capture()
+                hidden_states = cache.decode_step(input_ids)
+            else:
+                hidden_states = self.decoding_step(hidden_states[:, 0], cache).unsqueeze(1)
             cache.num_tokens += 1
-            output = SeRpEntModelOutput(last_hidden_state=cache.decode_step(input_ids), **{CACHE_NAME: cache})
+            output = SeRpEntModelOutput(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
             return output if return_dict else output.to_tuple()
+
+        logits, selectivity_state = None, None
+        if self.selectivity is not None:  # every clock is planned here, from the token embeddings
+            logits, selectivity_state = self.selectivity(hidden_states, valid, cache.selectivity_state if resuming else None)
         all_hidden_states = () if output_hidden_states else None
         lengths, deltas = [], []
         new_states = []
-        for index, layer in enumerate(self.layers):
+        for index, (layer, layer_logits) in enumerate(zip(self.layers, self.layer_logits(logits))):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             previous = cache.layer_states[index] if resuming else None
-            if single_step:  # the recurrent step advances the cache's state in place
-                hidden_states = layer(hidden_states[:, 0], state=previous, decoding_step=True).unsqueeze(1)
-                state, stats = previous, None
-            elif self.gradient_checkpointing and self.training:
+            if self.gradient_checkpointing and self.training:
                 hidden_states, state, stats = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, valid, previous, use_cache
+                    layer.__call__, hidden_states, valid, previous, use_cache, False, layer_logits
                 )
             else:
-                hidden_states, state, stats = layer(hidden_states, valid, previous, use_cache or cache is not None)
+                hidden_states, state, stats = layer(
+                    hidden_states, valid, previous, use_cache or cache is not None, logits=layer_logits
+                )
             new_states.append(state)
-            if stats is not None:
-                lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
-                if output_deltas:
-                    deltas.append(torch.stack([s.deltas for s in stats], dim=1))
+            lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
+            if output_deltas:
+                deltas.append(torch.stack([s.deltas for s in stats], dim=1))
         hidden_states = self.norm_f(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
         if cache is not None:
-            cache.layer_states = new_states
+            cache.layer_states, cache.selectivity_state = new_states, selectivity_state
+            cache.decode_step = None  # a captured CUDA graph points at the replaced tensors
             cache.num_tokens += length
         elif use_cache:
-            cache = SeRpEntCache(self.config, new_states, num_tokens=length)
+            cache = SeRpEntCache(self.config, new_states, num_tokens=length, selectivity_state=selectivity_state)
         output = SeRpEntModelOutput(
             last_hidden_state=hidden_states,
             **{CACHE_NAME: cache},

@@ -63,7 +63,8 @@ def upcycle_mamba(mamba, compression_rates=(1.0, 0.5, 0.25), **config_overrides)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"upcycling produced weights the SeRpEnt model does not have: {unexpected}")
-    not_copied = [key for key in missing if ".resampler." not in key]
+    # The resampling weights (θ_Δ, wherever delta_source puts it, and the bases) are new: they keep their init.
+    not_copied = [key for key in missing if ".resampler." not in key and not key.startswith("model.selectivity.")]
     if not_copied:
         raise ValueError(f"the Mamba checkpoint lacks weights SeRpEnt needs: {not_copied}")
     return model

@@ -28,12 +28,18 @@ def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     model = SeRpEntForCausalLM(tiny_config(**overrides)).eval()
     with torch.no_grad():
-        for layer in model.model.layers:
-            for branch in layer.branches:
-                if branch.resampler is not None:
-                    branch.resampler.selectivity.weight.normal_(0.0, 1.0)
-                    branch.resampler.selectivity.bias.normal_(0.0, 1.0)
+        for network in selectivity_networks(model.model):
+            network.weight.normal_(0.0, 1.0)
+            network.bias.normal_(0.0, 1.0)
     return model
+
+
+def selectivity_networks(base_model):
+    """Every θ_Δ of a SeRpEntModel: the one module reading the embeddings, or each branch's own ("hidden")."""
+    if base_model.selectivity is not None:
+        return [base_model.selectivity]
+    return [branch.resampler.selectivity for layer in base_model.layers for branch in layer.branches
+            if branch.resampler is not None]
 
 
 def cache_of(output):

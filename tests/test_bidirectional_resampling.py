@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from modeling import Branch
 from modeling.resampling import nearest_neighbors
 from serpent_hf import SeRpEntForSequenceClassification
 
-from .conftest import random_resampler, tiny_config
+from .conftest import random_resampler, selectivity_networks, tiny_config
 
 
 def bidirectional_resampler(rate, seed, neighbors=3):
@@ -23,7 +24,7 @@ def padded_times(resampler, x, valid):
 
 def random_branch(rate, seed, ssm_type="s4d"):
     torch.manual_seed(seed)
-    config = tiny_config(ssm_type=ssm_type, state_size=8, bidirectional=True)
+    config = tiny_config(ssm_type=ssm_type, state_size=8, bidirectional=True, delta_source="hidden")
     branch = Branch(config, rate, causal=False).eval()
     with torch.no_grad():
         branch.resampler.selectivity.weight.normal_(0, 1.0)
@@ -90,14 +91,14 @@ def test_right_padding_does_not_change_outputs_at_real_positions(rate, length, p
     assert torch.equal(padded_stats.compressed_lengths, alone_stats.compressed_lengths)
 
 
-def test_left_padding_and_padded_tokens_do_not_change_the_classification():
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_left_padding_and_padded_tokens_do_not_change_the_classification(delta_source):
     torch.manual_seed(1)
     model = SeRpEntForSequenceClassification(tiny_config(ssm_type="s4d", state_size=8, bidirectional=True,
-                                                         num_labels=3)).eval()
+                                                         num_labels=3, delta_source=delta_source)).eval()
     with torch.no_grad():
-        for layer in model.model.layers:
-            for branch in layer.branches[1:]:
-                branch.resampler.selectivity.weight.normal_(0, 1.0)
+        for network in selectivity_networks(model.model):
+            network.weight.normal_(0, 1.0)
     ids = torch.randint(3, 97, (1, 41))
     filler = torch.randint(3, 97, (1, 7))  # real-looking tokens under attention_mask = 0
     mask = torch.cat([torch.ones(1, 41), torch.zeros(1, 7)], 1).long()
@@ -119,13 +120,13 @@ def test_later_tokens_change_earlier_outputs():
         assert not torch.allclose(branch(x)[0][:, :5], branch(changed)[0][:, :5])
 
 
-def test_gradients_reach_every_selectivity_network():
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_gradients_reach_every_selectivity_network(delta_source):
     torch.manual_seed(3)
     model = SeRpEntForSequenceClassification(tiny_config(ssm_type="s4d", state_size=8, bidirectional=True,
-                                                         num_labels=4)).train()
+                                                         num_labels=4, delta_source=delta_source)).train()
     ids = torch.randint(3, 97, (3, 45))
     model(ids, labels=torch.tensor([0, 1, 3])).loss.backward()
-    for layer in model.model.layers:
-        for branch in layer.branches[1:]:
-            gradient = branch.resampler.selectivity.weight.grad
-            assert gradient is not None and float(gradient.abs().sum()) > 0
+    for network in selectivity_networks(model.model):
+        gradient = network.weight.grad  # one row per network (layer and branch) in embedding mode
+        assert gradient is not None and bool((gradient.abs().sum(-1) > 0).all())

@@ -14,7 +14,7 @@ import torch
 from modeling import kernels
 from serpent_hf.cuda_graphs import StaticDecodeStep
 
-from .conftest import cache_of, tiny_model
+from .conftest import cache_of, selectivity_networks, tiny_model
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -192,13 +192,14 @@ def test_kernel_decoding_and_cuda_graph_decoding_match_eager_pytorch_decoding():
     assert (logits["graphs"] - logits["kernels"]).abs().max().item() < 1e-5
 
 
-def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp_path):
-    model = tiny_model(seed=6)
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp_path, delta_source):
+    model = tiny_model(seed=6, delta_source=delta_source)
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
     branch = loaded.model.layers[0].branches[1]
     assert branch.mixer.in_proj.weight.dtype == torch.bfloat16
-    for parameter in (branch.mixer.A_log, branch.mixer.D, branch.resampler.selectivity.weight):
+    for parameter in (branch.mixer.A_log, branch.mixer.D, selectivity_networks(loaded.model)[0].weight):
         assert parameter.dtype == torch.float32
     ids = torch.randint(3, 97, (2, 30))
     with torch.no_grad():

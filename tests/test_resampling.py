@@ -2,13 +2,14 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling import CLOCK_QUANTUM
 
-from .conftest import random_resampler, tiny_model
+from .conftest import random_resampler, selectivity_networks, tiny_model
 
 
 @settings(max_examples=40, deadline=None)
@@ -70,12 +71,11 @@ def test_left_padded_row_gives_the_same_outputs_as_the_unpadded_row():
     assert bool((together.compressed_lengths[:, 0, 0] == 23).all())
 
 
-def test_gradients_reach_every_selectivity_network():
-    model = tiny_model(seed=6).train()
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_gradients_reach_every_selectivity_network(delta_source):
+    model = tiny_model(seed=6, delta_source=delta_source).train()
     ids = torch.randint(3, 97, (2, 40))
     model(ids, labels=ids).loss.backward()
-    for layer in model.model.layers:
-        for branch in layer.branches:
-            if branch.resampler is not None:
-                gradient = branch.resampler.selectivity.weight.grad
-                assert gradient is not None and float(gradient.abs().sum()) > 0
+    for network in selectivity_networks(model.model):
+        gradient = network.weight.grad  # one row per network (layer and branch) in embedding mode
+        assert gradient is not None and bool((gradient.abs().sum(-1) > 0).all())

@@ -9,7 +9,7 @@ from modeling import S4DMixer
 from modeling.s4d import fft_convolution
 from serpent_hf import SeRpEntForCausalLM
 
-from .conftest import cache_of, tiny_config
+from .conftest import cache_of, selectivity_networks, tiny_config
 
 
 def s4d_mixer(seed=0, bidirectional=False, **overrides):
@@ -145,10 +145,8 @@ def test_causal_s4d_language_model_generates_exactly_its_forward(rates):
     torch.manual_seed(8)
     model = SeRpEntForCausalLM(tiny_config(ssm_type="s4d", state_size=8, compression_rates=rates)).eval()
     with torch.no_grad():
-        for layer in model.model.layers:
-            for branch in layer.branches:
-                if branch.resampler is not None:
-                    branch.resampler.selectivity.weight.normal_(0.0, 1.0)
+        for network in selectivity_networks(model.model):
+            network.weight.normal_(0.0, 1.0)
     ids = torch.randint(3, 97, (2, 30))
     with torch.no_grad():
         expected = model(ids).logits

@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from .conftest import tiny_model
+from .conftest import selectivity_networks, tiny_model
 
 
 def test_one_trainer_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
@@ -36,6 +36,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             checkpoint = model.model._gradient_checkpointing_func
             model.model._gradient_checkpointing_func = lambda *args: checkpointed.append(1) or checkpoint(*args)
         model(ids, labels=ids).loss.backward()
-        gradients.append(model.model.layers[0].branches[2].resampler.selectivity.weight.grad.clone())
+        gradients.append(selectivity_networks(model.model)[0].weight.grad.clone())
     assert len(checkpointed) == model.config.num_hidden_layers  # every layer ran through the checkpoint
     torch.testing.assert_close(gradients[0], gradients[1])
