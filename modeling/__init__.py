@@ -13,7 +13,7 @@ Read in this order, which is the order of DESIGN.md:
     state.py         recurrent state for generation
 """
 
-from .block import RMSNorm, SeRpEntBlock
+from .block import ConcatProjection, RMSNorm, SeRpEntBlock
 from .branch import Branch, BranchStatistics
 from .decoding import decoding_linear
 from .mamba_mixer import MambaMixer
@@ -25,6 +25,7 @@ from .state import BranchState, MixerState, ResamplingState, S4DState
 __all__ = [
     "CLOCK_QUANTUM",
     "Branch",
+    "ConcatProjection",
     "EmbeddingSelectivity",
     "BranchState",
     "BranchStatistics",

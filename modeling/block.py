@@ -25,6 +25,11 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
+class ConcatProjection(nn.Linear):
+    """The Linear (branches · d -> d) after the concatenated branch outputs; its own type so that initialisation
+    can tell it from the other Linears."""
+
+
 class SeRpEntBlock(nn.Module):
     def __init__(self, config, causal=True):
         super().__init__()
@@ -33,7 +38,7 @@ class SeRpEntBlock(nn.Module):
         self.branches = nn.ModuleList(Branch(config, rate, causal) for rate in config.compression_rates)
         self.projection = None
         if len(self.branches) > 1:
-            self.projection = nn.Linear(len(self.branches) * config.hidden_size, config.hidden_size, bias=False)
+            self.projection = ConcatProjection(len(self.branches) * config.hidden_size, config.hidden_size, bias=False)
 
     def empty_state(self, batch_size, device, dtype=torch.float32):
         return [branch.empty_state(batch_size, device, dtype) for branch in self.branches]

@@ -16,6 +16,7 @@ from transformers import initialization as init
 from transformers.generation import GenerationMixin
 
 from modeling import (
+    ConcatProjection,
     EmbeddingSelectivity,
     GaussianBasis,
     MambaMixer,
@@ -72,6 +73,8 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
             for name, value in module.initial_parameters().items():
                 parameter = module.get_parameter(name)
                 init.copy_(parameter, value.to(parameter.device, parameter.dtype))
+        if isinstance(module, ConcatProjection) and self.config.projection_init == "identity":
+            init.copy_(module.weight, self._identity_projection().to(module.weight))
         if isinstance(module, MambaMixer):
             # Mamba's choices: PyTorch's default (Kaiming-uniform) conv and output projection.
             init.kaiming_uniform_(module.conv1d.weight, a=5**0.5)
@@ -80,6 +83,13 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.out_proj.weight, a=5**0.5)
             if self.config.rescale_prenorm_residual:
                 module.out_proj.weight /= self.config.num_hidden_layers**0.5
+
+
+    def _identity_projection(self):
+        """The concat projection (d, branches · d) of projection_init "identity" (see SeRpEntConfig)."""
+        hidden, rates = self.config.hidden_size, self.config.compression_rates
+        shares = [float(rate == 1.0) for rate in rates] if 1.0 in rates else [1.0 / len(rates)] * len(rates)
+        return torch.cat([share * torch.eye(hidden) for share in shares], dim=1)
 
 
 class SeRpEntModel(SeRpEntPreTrainedModel):

@@ -35,6 +35,9 @@ class ModelArguments:
         metadata={"help": "Train a byte-level BPE with this vocabulary size on the training text instead of loading one."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets and models from the Hub are cached."})
+    selectivity_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Learning rate of the selectivity networks θ_Δ relative to --learning_rate."}
+    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
 
-from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed  # noqa: E402
+from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed  # noqa: E402
 
 from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments  # noqa: E402
 from training.data import (  # noqa: E402
@@ -34,6 +34,7 @@ from training.hub import push_run  # noqa: E402
 from training.model_card import write_model_card  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.plots import delta_profile, plot_deltas, plot_training_curves  # noqa: E402
+from training.trainer import SeRpEntTrainer  # noqa: E402
 
 logger = logging.getLogger("train_lm")
 
@@ -77,10 +78,11 @@ def main(argv=None):
     logger.info("%s with %s parameters; %d training and %d evaluation blocks of %d tokens",
                 type(model).__name__, f"{model.num_parameters():,}", len(train_set), len(eval_set), block_size)
 
-    trainer = Trainer(
+    trainer = SeRpEntTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         data_collator=default_data_collator, compute_metrics=build_compute_metrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        selectivity_lr_multiplier=model_args.selectivity_lr_multiplier,
     )
     resume = training_args.resume_from_checkpoint
     resume = True if resume is not None and resume.lower() in ("true", "last") else resume
