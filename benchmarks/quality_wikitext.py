@@ -1,26 +1,31 @@
-"""Quality on held-out WikiText: SeRpEnt `small` vs its Mamba baseline `small-mamba`, trained on
-the same tokens with the same seed, scored by top-1 / top-5 next-token accuracy and perplexity.
+"""Quality on held-out WikiText: SeRpEnt arms against Mamba baselines of equal size, trained on the
+same tokens with the same seeds, scored by top-1 / top-5 next-token accuracy and perplexity.
 
 Data: the WikiText-103 validation file (60 articles), split as ../shared/data/README.md says:
 articles are separated by top-level headings " = Title = "; the first 54 train, the last 6 are
-held out. Tokenizer: a byte-level BPE of 4,096 entries (the small configs' vocab_size) trained on
-the 54 training articles only. Both models run training/train_lm.py with identical options
-(steps, batch, block size, learning-rate schedule, seed); only --model_config differs. The two
-configs have equal parameter counts within 1% (configs/small*.json).
+held out. Tokenizer: a byte-level BPE of 4,096 entries (the configs' vocab_size) trained on the 54
+training articles only. Every run is training/train_lm.py with identical options (steps, batch,
+block size, learning-rate schedule, seed); only the model config (and an arm's own options, such
+as θ_Δ's learning-rate multiplier) differ. See ARMS below.
 
-    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 1000
+    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 1000   # small vs small-mamba
+    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 200 --eval_steps 100 \
+        --seeds 0 1 2 --arms study-mamba-14L study-mamba-4L study-serpent-hidden ...       # the quality study
 
-The training set is small (about 270K tokens), so 1,000 steps are about 7.6 epochs and the
-held-out loss can rise again before the end; the report gives the final metrics and those of the evaluation
-with the lowest held-out loss along the way (same schedule for both models).
+The training set is small (about 270K tokens): 1,000 steps are about 7.6 epochs and the held-out
+loss can rise again before the end, so the report gives the final metrics and those of the
+evaluation with the lowest held-out loss along the way. With several seeds it reports the mean
+and standard deviation over seeds. A finished run (its eval_results.json exists) is not trained
+again, so an interrupted study resumes where it stopped.
 
-Writes OUTPUT_DIR/quality_wikitext.json, OUTPUT_DIR/quality_wikitext.png (held-out loss and
-accuracy of both models against the step) and one training run (model, card, plots) per model.
+Writes OUTPUT_DIR/quality_wikitext.json, OUTPUT_DIR/quality_wikitext.png (top-1 per arm with
+error bars, held-out loss against the step) and one training run (model, card, plots) per arm and seed.
 """
 
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,10 +34,37 @@ sys.path.insert(0, str(ROOT))
 
 from training import train_lm  # noqa: E402
 from training.data import split_articles  # noqa: E402
-from training.plots import plot_run_comparison  # noqa: E402
+from training.plots import plot_study  # noqa: E402
 
-MODELS = {"serpent": "configs/small.json", "mamba": "configs/small-mamba.json"}
 HELD_OUT = 6
+
+# An arm is a model config (a file in configs/, or a dict written into the run) plus extra train_lm options.
+# "serpent" and "mamba" are the shipped `small` and `small-mamba`. The study-* arms are the quality study of
+# benchmarks/README.md at hidden size 128 (a quarter of `small`'s compute per token, so that three seeds of
+# every arm fit a 2-core machine); every SeRpEnt arm and study-mamba-14L hold 2.1M parameters within 2%.
+STUDY = {"model_type": "serpent", "architectures": ["SeRpEntForCausalLM"], "vocab_size": 4096, "hidden_size": 128,
+         "state_size": 16}
+SERPENT_4L = {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0, 0.5, 0.25]}
+ARMS = {
+    "serpent": {"config": "configs/small.json"},
+    "mamba": {"config": "configs/small-mamba.json"},
+    "study-mamba-14L": {"config": {**STUDY, "num_hidden_layers": 14, "compression_rates": [1.0]}},
+    "study-mamba-4L": {"config": {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0]}},
+    "study-serpent-hidden": {"config": {**SERPENT_4L, "delta_source": "hidden", "projection_init": "random"}},
+    "study-serpent-embedding": {"config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "random"}},
+    "study-serpent-identity": {"config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "identity"}},
+    "study-serpent-identity-lr10": {
+        "config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "identity"},
+        "options": ["--selectivity_lr_multiplier", "10"],
+    },
+    "study-serpent-identity-window4": {
+        "config": {**SERPENT_4L, "delta_source": "embedding", "delta_window": 4, "projection_init": "identity"},
+    },
+    "study-serpent-7L-narrow": {
+        "config": {**SERPENT_4L, "num_hidden_layers": 7, "expand": 1, "delta_source": "embedding",
+                   "projection_init": "identity"},
+    },
+}
 
 
 def parse():
@@ -44,39 +76,63 @@ def parse():
     parser.add_argument("--block_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--eval_steps", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--models", "--arms", dest="arms", nargs="+", default=["serpent", "mamba"], choices=list(ARMS))
+    parser.add_argument("--baseline", default=None, help="the arm every other is compared with (default: the last "
+                        "Mamba arm given)")
     parser.add_argument("--summarise_only", action="store_true", help="skip training; report the runs in --output_dir")
     return parser.parse_args()
 
 
+def run_dir(output_dir, arm, seed, seeds):
+    """One seed keeps the layout of before (OUTPUT_DIR/ARM); several get OUTPUT_DIR/ARM/seedN."""
+    return output_dir / arm if len(seeds) == 1 else output_dir / arm / f"seed{seed}"
+
+
+def model_config_path(arm, directory):
+    config = ARMS[arm]["config"]
+    if isinstance(config, str):
+        return ROOT / config
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model_config.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
 def train(args, data, output_dir):
-    """One training run per model, identical options except --model_config."""
-    for name in args.models:
-        argv = ["--model_config", str(ROOT / MODELS[name]), "--train_file", str(data),
-                "--validation_articles", str(HELD_OUT), "--train_tokenizer", "4096",
-                "--block_size", str(args.block_size), "--output_dir", str(output_dir / name),
-                "--max_steps", str(args.max_steps),
-                "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
-                "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
-                "--warmup_steps", str(max(1, args.max_steps // 10)), "--weight_decay", "0.1",
-                "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps), "--logging_steps", "10",
-                "--save_strategy", "no", "--seed", str(args.seed), "--dataloader_drop_last", "true",
-                "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
-                "--cache_dir", str(output_dir / "cache")]
-        train_lm.main(argv)
+    """One training run per arm and seed, identical options except the model config (and the arm's own options)."""
+    for seed in args.seeds:  # seed-major: every arm has a first result early
+        for arm in args.arms:
+            directory = run_dir(output_dir, arm, seed, args.seeds)
+            if (directory / "eval_results.json").is_file():
+                print(f"{directory} is done; skipping it")
+                continue
+            print(f"training {arm}, seed {seed} -> {directory}", flush=True)
+            argv = ["--model_config", str(model_config_path(arm, directory)), "--train_file", str(data),
+                    "--validation_articles", str(HELD_OUT), "--train_tokenizer", "4096",
+                    "--block_size", str(args.block_size), "--output_dir", str(directory),
+                    "--max_steps", str(args.max_steps),
+                    "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
+                    "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
+                    "--warmup_steps", str(max(1, args.max_steps // 10)), "--weight_decay", "0.1",
+                    "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps), "--logging_steps", "10",
+                    "--save_strategy", "no", "--seed", str(seed), "--dataloader_drop_last", "true",
+                    "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
+                    "--cache_dir", str(output_dir / "cache"), *ARMS[arm].get("options", [])]
+            train_lm.main(argv)
 
 
-def summarise(run_dir, batch_size, block_size):
+def summarise(directory, batch_size, block_size):
     """Final and best held-out metrics of one finished run, read from what train_lm.py wrote."""
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    final = json.loads((run_dir / "eval_results.json").read_text())
-    card = (run_dir / "README.md").read_text()
+    state = json.loads((directory / "trainer_state.json").read_text())
+    final = json.loads((directory / "eval_results.json").read_text())
+    card = (directory / "README.md").read_text()
     parameters = int(next(line for line in card.splitlines() if line.startswith("| parameters |"))
                      .split("|")[2].strip().replace(",", ""))
     evals = [entry for entry in state["log_history"] if "eval_loss" in entry]
     best = min(evals, key=lambda entry: entry["eval_loss"])
     runtime = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
+    resampling = [entry for entry in state["log_history"] if any(key.startswith("resampling/") for key in entry)]
 
     def metrics(entry):
         return {"top1_accuracy": entry["eval_top1_accuracy"], "top5_accuracy": entry["eval_top5_accuracy"],
@@ -85,21 +141,52 @@ def summarise(run_dir, batch_size, block_size):
     return {"parameters": parameters, "steps": state["global_step"],
             "tokens_trained": state["global_step"] * batch_size * block_size,
             "epochs": state["log_history"][-1].get("epoch"), "train_seconds": round(runtime, 1),
-            "final": metrics(final), "best_eval_step": best["step"], "best": metrics(best)}
+            "final": metrics(final), "best_eval_step": best["step"], "best": metrics(best),
+            "final_train_loss": next(e["loss"] for e in reversed(state["log_history"]) if "loss" in e),
+            # M/L and Δ's spread per layer and branch over the last logging interval
+            "resampling": {key: value for key, value in (resampling[-1] if resampling else {}).items()
+                           if key.startswith("resampling/")},
+            "eval_curve": [(entry["step"], entry["eval_loss"], entry["eval_top1_accuracy"]) for entry in evals]}
+
+
+def aggregate(runs):
+    """Mean and standard deviation over seeds of every final and best metric."""
+    result = {"seeds": len(runs), "parameters": runs[0]["parameters"]}
+    for point in ("final", "best"):
+        result[point] = {}
+        for key in runs[0][point]:
+            values = [run[point][key] for run in runs]
+            result[point][key] = {"mean": statistics.fmean(values),
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    result["final_train_loss"] = statistics.fmean(run["final_train_loss"] for run in runs)
+    keys = runs[0]["resampling"].keys()
+    result["resampling"] = {key: statistics.fmean(run["resampling"][key] for run in runs) for key in keys}
+    return result
 
 
 def report(results):
-    rows = results["models"]
-    print("\n| model | parameters | top-1 | top-5 | perplexity | best step: top-1 / top-5 / perplexity | train s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, row in rows.items():
+    print("\n| arm | parameters | seeds | top-1 | top-5 | perplexity | best: top-1 / top-5 / perplexity | train loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in results["arms"].items():
         final, best = row["final"], row["best"]
-        print(f"| {name} | {row['parameters']:,} | {final['top1_accuracy']:.4f} | {final['top5_accuracy']:.4f} | "
-              f"{final['perplexity']:.1f} | {row['best_eval_step']}: {best['top1_accuracy']:.4f} / "
-              f"{best['top5_accuracy']:.4f} / {best['perplexity']:.1f} | {row['train_seconds']:.0f} |")
-    for key, difference in results.get("serpent_minus_mamba", {}).items():
-        print(f"SeRpEnt - Mamba ({key}): top-1 {difference['top1_accuracy']:+.4f}, "
-              f"top-5 {difference['top5_accuracy']:+.4f}, perplexity ratio {difference['perplexity_ratio']:.3f}")
+
+        def cell(point, key, digits):
+            return f"{point[key]['mean']:.{digits}f} ± {point[key]['std']:.{digits}f}"
+
+        print(f"| {name} | {row['parameters']:,} | {row['seeds']} | {cell(final, 'top1_accuracy', 4)} | "
+              f"{cell(final, 'top5_accuracy', 4)} | {cell(final, 'perplexity', 1)} | {cell(best, 'top1_accuracy', 4)} / "
+              f"{cell(best, 'top5_accuracy', 4)} / {cell(best, 'perplexity', 1)} | {row['final_train_loss']:.3f} |")
+    baseline = results.get("baseline")
+    for name, difference in results.get("minus_baseline", {}).items():
+        print(f"{name} - {baseline}: final top-1 {difference['final_top1']:+.4f}, best top-1 {difference['best_top1']:+.4f}")
+
+
+def compare(arms, baseline):
+    """Difference of the seed means of held-out top-1 between each arm and the baseline arm."""
+    base = arms[baseline]
+    return {name: {"final_top1": row["final"]["top1_accuracy"]["mean"] - base["final"]["top1_accuracy"]["mean"],
+                   "best_top1": row["best"]["top1_accuracy"]["mean"] - base["best"]["top1_accuracy"]["mean"]}
+            for name, row in arms.items() if name != baseline}
 
 
 def main():
@@ -113,24 +200,20 @@ def main():
     output_dir = Path(args.output_dir)
     if not args.summarise_only:
         train(args, data, output_dir)
+    runs = {arm: [summarise(run_dir(output_dir, arm, seed, args.seeds), args.batch_size, args.block_size)
+                  for seed in args.seeds] for arm in args.arms}
+    tokenizers = {(run_dir(output_dir, arm, seed, args.seeds) / "tokenizer.json").read_bytes()
+                  for arm in args.arms for seed in args.seeds}
     results = {"data": str(data), "articles": len(articles), "train_articles": len(articles) - HELD_OUT,
                "eval_articles": HELD_OUT, "tokenizer": "byte-level BPE, 4096 entries, trained on the train articles",
-               "options": vars(args),
-               "models": {name: summarise(output_dir / name, args.batch_size, args.block_size) for name in args.models}}
-    if {"serpent", "mamba"} <= set(results["models"]):
-        serpent, mamba = results["models"]["serpent"], results["models"]["mamba"]
-        tokenizers = [(output_dir / name / "tokenizer.json").read_bytes() for name in ("serpent", "mamba")]
-        results["same_tokenizer"] = tokenizers[0] == tokenizers[1]
-        results["serpent_minus_mamba"] = {
-            key: {"top1_accuracy": serpent[key]["top1_accuracy"] - mamba[key]["top1_accuracy"],
-                  "top5_accuracy": serpent[key]["top5_accuracy"] - mamba[key]["top5_accuracy"],
-                  "perplexity_ratio": serpent[key]["perplexity"] / mamba[key]["perplexity"]}
-            for key in ("final", "best")
-        }
+               "same_tokenizer": len(tokenizers) == 1, "options": vars(args),
+               "arms": {arm: aggregate(arm_runs) for arm, arm_runs in runs.items()}, "runs": runs}
+    baseline = args.baseline or next((arm for arm in reversed(args.arms) if "mamba" in arm), None)
+    if baseline is not None:
+        results["baseline"] = baseline
+        results["minus_baseline"] = compare(results["arms"], baseline)
     report(results)
-    histories = {name: json.loads((output_dir / name / "trainer_state.json").read_text())["log_history"]
-                 for name in results["models"]}
-    plot_run_comparison(histories, output_dir / "quality_wikitext.png")
+    plot_study(results, output_dir / "quality_wikitext.png")
     (output_dir / "quality_wikitext.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {output_dir / 'quality_wikitext.json'} and {output_dir / 'quality_wikitext.png'}")
 

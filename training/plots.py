@@ -56,6 +56,35 @@ def plot_run_comparison(log_histories, path):
     plt.close(figure)
 
 
+def plot_study(results, path):
+    """A quality study: held-out top-1 of every arm, mean ± standard deviation over seeds, at the final and the best
+    checkpoint (left), and each arm's held-out loss against the step, averaged over seeds (right)."""
+    arms = results["arms"]
+    names = list(arms)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    positions = np.arange(len(names))
+    for offset, point in ((-0.2, "final"), (0.2, "best")):
+        means = [arms[name][point]["top1_accuracy"]["mean"] for name in names]
+        errors = [arms[name][point]["top1_accuracy"]["std"] for name in names]
+        left.bar(positions + offset, means, 0.4, yerr=errors, capsize=3, label=f"{point} checkpoint")
+    low = min(arms[name]["final"]["top1_accuracy"]["mean"] for name in names)
+    left.set(ylabel="held-out top-1 accuracy", title="Top-1 (mean ± sd over seeds)", ylim=(max(0.0, low - 0.03), None))
+    left.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+    left.legend()
+    for index, name in enumerate(names):
+        curves = [run["eval_curve"] for run in results["runs"][name]]
+        steps = [step for step, _, _ in curves[0]]
+        losses = np.mean([[loss for _, loss, _ in curve] for curve in curves], axis=0)
+        right.plot(steps, losses, "o-", color=f"C{index}", label=name)
+    right.set(xlabel="step", ylabel="held-out cross-entropy (nats / token)", title="Held-out loss (mean over seeds)")
+    right.legend(fontsize=7)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 @torch.no_grad()
 def delta_profile(model, tokenizer, text, max_tokens=80):
     """Run a SeRpEnt model on `text`; return tokens, rates, Δ (layers, branches, length) and the
