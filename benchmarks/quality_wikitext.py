@@ -21,15 +21,13 @@ accuracy of both models against the step) and one training run (model, card, plo
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from training import train_lm  # noqa: E402
-from training.data import split_articles  # noqa: E402
-from training.plots import plot_run_comparison  # noqa: E402
+from serpent_hf.training import train_lm
+from serpent_hf.training.data import split_articles
+from serpent_hf.training.plots import plot_run_comparison
 
 MODELS = {"serpent": "configs/small.json", "mamba": "configs/small-mamba.json"}
 HELD_OUT = 6

@@ -15,12 +15,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
 
-from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork, decoding_linear
-
 from .cache import SeRpEntCache
 from .compat import CACHE_NAME, output_class, resolve_cache
 from .configuration_serpent import SeRpEntConfig
 from .cuda_graphs import StaticDecodeStep
+from .modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork, decoding_linear
 
 
 SeRpEntModelOutput = output_class(

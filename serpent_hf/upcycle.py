@@ -6,7 +6,7 @@ SSM), and their share of the concat projection is zero while the rate-1.0 share 
 identity, so the upcycled model computes exactly what the Mamba model did until training moves
 the projection.
 
-    python -m serpent_hf.upcycle --mamba state-spaces/mamba-130m-hf --output_dir serpent-130m
+    serpent-upcycle --mamba state-spaces/mamba-130m-hf --output_dir serpent-130m
 """
 
 import argparse

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling import SelectiveResampler
+from serpent_hf.modeling import SelectiveResampler
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 from serpent_hf.compat import CACHE_NAME
 

@@ -124,7 +124,7 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tmp_path):
     env = dict(os.environ, HF_ENDPOINT=fake_hub.endpoint, HF_TOKEN=TOKEN, HF_HUB_DISABLE_TELEMETRY="1",
                HF_DATASETS_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     env.pop("HF_HUB_OFFLINE", None)  # the upload must go out (to the local server)
-    command = [sys.executable, str(ROOT / "training" / "train_lm.py"),
+    command = [sys.executable, "-m", "serpent_hf.training.train_lm",
                "--model_config", str(ROOT / "configs" / "tiny.json"),
                "--train_file", str(ROOT / "tests" / "fixtures" / "tiny_corpus.txt"), "--validation_articles", "2",
                "--train_tokenizer", "512", "--block_size", "64", "--max_steps", "3", "--save_steps", "2",

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling import CLOCK_QUANTUM
+from serpent_hf.modeling import CLOCK_QUANTUM
 
 from .conftest import random_resampler, tiny_model
 

@@ -1,4 +1,4 @@
-"""The language-model pipeline end to end on a small text fixture: training/train_lm.py writes
+"""The language-model pipeline end to end on a small text fixture: serpent-train (train_lm.py) writes
 every artefact with sane values, eval_lm.py agrees with it, two processes match one, a killed run
 resumes to the same result, and bad inputs fail with clear errors.
 
@@ -23,9 +23,9 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
 
-from training import eval_lm, train_lm
-from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
-from training.data import hold_out_articles, split_articles
+from serpent_hf.training import eval_lm, train_lm
+from serpent_hf.training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
+from serpent_hf.training.data import hold_out_articles, split_articles
 
 from .conftest import CORPUS, ROOT
 
@@ -67,9 +67,7 @@ def losses_by_step(output_dir):
 
 
 def subprocess_env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +184,7 @@ def test_two_processes_reach_the_loss_of_one(reference, run_file):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               str(ROOT / "training" / "train_lm.py"), str(run_file), "--output_dir", str(output_dir),
+               "-m", "serpent_hf.training.train_lm", str(run_file), "--output_dir", str(output_dir),
                "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2"]
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -207,7 +205,7 @@ def test_two_processes_reach_the_loss_of_one(reference, run_file):
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(reference, run_file):
     output_dir = run_file.parent / "killed"
     checkpoint = output_dir / f"checkpoint-{SAVE_STEPS}"
-    process = subprocess.Popen([sys.executable, str(ROOT / "training" / "train_lm.py"), str(run_file),
+    process = subprocess.Popen([sys.executable, "-m", "serpent_hf.training.train_lm", str(run_file),
                                 "--output_dir", str(output_dir)], env=subprocess_env(), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -277,7 +275,7 @@ def test_a_folder_with_only_vocab_and_merges_loads_as_a_gpt2_tokenizer(tmp_path)
     """The offline GPT-2 BPE (`--tokenizer_name ../shared/data/gpt2-bpe`) is such a folder."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from training.data import load_tokenizer
+    from serpent_hf.training.data import load_tokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)

@@ -1,5 +1,5 @@
 """The model card of a run: README.md in the output directory, rendered from a Jinja template in
-`model_cards/` with huggingface_hub's `ModelCard.from_template`.
+`model_cards/` (installed as `serpent_hf.model_cards`) with huggingface_hub's `ModelCard.from_template`.
 
 It states the architecture, parameter count, data, tokens trained, hyperparameters, metrics
 (also as model-index metadata), the plots, a generated sample and how to load the model.
@@ -9,9 +9,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..model_cards import SERPENT_LM
 from .models import describe_architecture
-
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "serpent_lm.md"
 METRICS = {  # key in eval_results.json -> (metric id, pretty name)
     "eval_top1_accuracy": ("accuracy", "Top-1 accuracy"),
     "eval_top5_accuracy": ("accuracy", "Top-5 accuracy"),
@@ -67,7 +66,7 @@ def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size
     rates = getattr(model.config, "compression_rates", None)
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template_path or DEFAULT_TEMPLATE),
+        template_path=str(template_path or SERPENT_LM),
         repo_id=repo_id,
         model_name=repo_id.split("/")[-1],
         is_serpent=model.config.model_type == "serpent",

@@ -3,8 +3,10 @@ to the tokenizer (vocabulary size and special token ids)."""
 
 from pathlib import Path
 
-import serpent_hf  # noqa: F401  (registers SeRpEnt with the Auto classes)
 from transformers import AutoConfig, AutoModelForCausalLM
+
+# The Auto classes know SeRpEnt because serpent_hf/__init__.py, always imported before this subpackage,
+# registers it.
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train a causal language model (SeRpEnt, or its Mamba baseline) with the Hugging Face Trainer.
 
 The end of a run leaves in --output_dir: the model, the tokenizer, eval_results.json (eval_loss,
@@ -6,10 +5,10 @@ eval_perplexity, eval_top1_accuracy, eval_top5_accuracy), train_results.json, tr
 deltas.png (Δ per token and branch on a sample text) and README.md, the model card. With
 --push_to_hub all of it goes to --hub_model_id in one commit.
 
-    python training/train_lm.py configs/train-tiny.yaml                    # a whole run in one file
-    python training/train_lm.py --model_config configs/small.json --output_dir runs/small \
+    serpent-train configs/train-tiny.yaml                    # a whole run in one file
+    serpent-train --model_config configs/small.json --output_dir runs/small \
         --dataset_name wikitext --dataset_config_name wikitext-103-v1 --block_size 256 --max_steps 1000
-    accelerate launch --multi_gpu --num_processes 2 training/train_lm.py configs/train-tiny.yaml   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 -m serpent_hf.training.train_lm configs/train-tiny.yaml   # 2 CPU processes
 
 (With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a single process; the run
 file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
@@ -17,23 +16,20 @@ file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
+from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
-from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed  # noqa: E402
-
-from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments  # noqa: E402
-from training.data import (  # noqa: E402
+from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
+from .data import (
     group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text, train_bpe_tokenizer,
 )
-from training.evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics  # noqa: E402
-from training.generation import generate_sample  # noqa: E402
-from training.hub import push_run  # noqa: E402
-from training.model_card import write_model_card  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.plots import delta_profile, plot_deltas, plot_training_curves  # noqa: E402
+from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
+from .generation import generate_sample
+from .hub import push_run
+from .model_card import write_model_card
+from .models import build_model
+from .plots import delta_profile, plot_deltas, plot_training_curves
 
 logger = logging.getLogger("train_lm")
 
