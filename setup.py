@@ -53,9 +53,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "serpent-train=serpent_hf.training.train_lm:main",
-            "serpent-eval=serpent_hf.training.eval_lm:main",
-            "serpent-train-lra=serpent_hf.training.train_lra:main",
+            "serpent-train=serpent_hf.training.train_lm:command",
+            "serpent-eval=serpent_hf.training.eval_lm:command",
+            "serpent-train-lra=serpent_hf.training.train_lra:command",
             "serpent-upcycle=serpent_hf.upcycle:main",
         ]
     },

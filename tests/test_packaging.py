@@ -6,6 +6,7 @@ leak into it), offline and without build isolation: setuptools from the test env
 """
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from .conftest import CORPUS, ROOT
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", ".ci-venv", "build", "dist", "*.egg-info", "__pycache__",
                                      ".pytest_cache", ".hypothesis", "runs", "outputs", ".whl", ".gl")
 COMMANDS = {
-    "serpent-train": "serpent_hf.training.train_lm:main",
-    "serpent-eval": "serpent_hf.training.eval_lm:main",
-    "serpent-train-lra": "serpent_hf.training.train_lra:main",
+    "serpent-train": "serpent_hf.training.train_lm:command",
+    "serpent-eval": "serpent_hf.training.eval_lm:command",
+    "serpent-train-lra": "serpent_hf.training.train_lra:command",
     "serpent-upcycle": "serpent_hf.upcycle:main",
 }
 
@@ -60,8 +61,9 @@ def test_the_wheel_declares_the_console_commands(wheel):
 
 @pytest.mark.slow
 def test_the_installed_wheel_trains_and_writes_its_model_card(wheel, tmp_path):
-    """A plain (non-editable) install, used from a directory that is not the checkout: the run
-    ends with the model card, whose template ships inside the package."""
+    """`serpent-train` from a plain (non-editable) install, in a directory that is not the checkout and
+    holds a user's modeling.py: the run ends with exit status 0 and the model card, whose template
+    ships inside the package."""
     site = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
                                 "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)
@@ -70,23 +72,21 @@ def test_the_installed_wheel_trains_and_writes_its_model_card(wheel, tmp_path):
     work.mkdir()
     (work / "modeling.py").touch()  # a user's own files of the names the old layout installed
     (work / "training.py").touch()
-    program = (
-        "import sys, serpent_hf\n"
-        f"assert serpent_hf.__file__.startswith({str(site)!r}), serpent_hf.__file__\n"
-        "from serpent_hf.training.train_lm import main\n"
-        "main(sys.argv[1:])\n"
-    )
-    command = [sys.executable, "-c", program, "--model_config", str(ROOT / "configs" / "tiny.json"),
+    command = [str(site / "bin" / "serpent-train"), "--model_config", str(ROOT / "configs" / "tiny.json"),
                "--train_file", str(CORPUS), "--validation_articles", "2", "--train_tokenizer", "300",
                "--block_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "2",
                "--max_eval_samples", "2", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
                "--sample_max_new_tokens", "3", "--cache_dir", str(tmp_path / "cache"), "--output_dir", "run"]
-    env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{work}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PATH": os.environ["PATH"], "HOME": str(tmp_path), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     card = (work / "run" / "README.md").read_text()
     assert "## How to load" in card
+    check = subprocess.run([sys.executable, "-c", "import serpent_hf; print(serpent_hf.__file__)"], cwd=work,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert check.stdout.startswith(str(site)), check.stdout + check.stderr  # the run used the wheel's package
 
 
 def test_a_users_modeling_py_does_not_shadow_the_package(tmp_path):

@@ -62,5 +62,11 @@ def main(argv=None):
     return results
 
 
+def command():
+    """`serpent-eval`: exits with status 0 after a run (main returns the results to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

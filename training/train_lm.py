@@ -8,10 +8,10 @@ deltas.png (Δ per token and branch on a sample text) and README.md, the model c
     serpent-train configs/train-tiny.yaml                    # a whole run in one file
     serpent-train --model_config configs/small.json --output_dir runs/small \
         --dataset_name wikitext --dataset_config_name wikitext-103-v1 --block_size 256 --max_steps 1000
-    accelerate launch --multi_gpu --num_processes 2 -m serpent_hf.training.train_lm configs/train-tiny.yaml   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 -m serpent_hf.training.train_lm configs/train-tiny.yaml
 
-(With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a single process; the run
-file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
+The last runs 2 CPU processes. (With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a
+single process; the run file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
 """
 
 import logging
@@ -118,6 +118,12 @@ def main(argv=None):
                           revision=training_args.hub_revision)
         logger.info("pushed %s to the Hub as %s", output_dir, pushed)
     return metrics
+
+
+def command():
+    """`serpent-train`: exits with status 0 after a run (main returns the metrics to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
 
 
 if __name__ == "__main__":

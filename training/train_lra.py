@@ -140,5 +140,11 @@ def main(argv=None):
     return metrics
 
 
+def command():
+    """`serpent-train-lra`: exits with status 0 after a run (main returns the test metrics to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
+
+
 if __name__ == "__main__":
     main()
