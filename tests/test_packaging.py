@@ -83,7 +83,7 @@ def test_the_installed_wheel_trains_and_writes_its_model_card(wheel, tmp_path):
     finished = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     card = (work / "run" / "README.md").read_text()
-    assert "## How to load" in card
+    assert "trust_remote_code=True" in card and 'from_pretrained("run")' in card
     check = subprocess.run([sys.executable, "-c", "import serpent_hf; print(serpent_hf.__file__)"], cwd=work,
                            env=env, capture_output=True, text=True, timeout=300)
     assert check.stdout.startswith(str(site)), check.stdout + check.stderr  # the run used the wheel's package

@@ -9,6 +9,7 @@ one uninterrupted reference run, so the whole file takes about a minute on 2 CPU
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from serpent_hf.training import eval_lm, train_lm
 from serpent_hf.training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from serpent_hf.training.data import hold_out_articles, split_articles
 
-from .conftest import CORPUS, ROOT
+from .conftest import CORPUS, ROOT, run_without_serpent_hf
 
 STEPS, SAVE_STEPS = 24, 8
 RUN = {  # the run file of every test run here (CLI options override it)
@@ -144,6 +145,21 @@ def test_a_run_writes_every_artefact_with_sane_values(reference):
         assert text in card.text, text
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert reported["Top-5 accuracy"] == pytest.approx(results["eval_top5_accuracy"], abs=1e-6)
+
+
+def test_the_model_card_loads_the_run_with_serpent_hf_and_with_transformers_alone(reference, tmp_path):
+    """Its two examples run as written: `import serpent_hf` + Auto classes here, and
+    `trust_remote_code=True` in a process that cannot import serpent_hf. Both name the run's folder."""
+    card = (reference / "README.md").read_text()
+    with_package, transformers_only = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert f'from_pretrained("{reference}")' in with_package
+    assert f'from_pretrained("{reference}", trust_remote_code=True)' in transformers_only
+    namespace = {}
+    exec(compile(with_package, "README.md", "exec"), namespace)
+    assert type(namespace["model"]).__module__ == "serpent_hf.modeling_serpent"
+    check = "\nassert type(model).__module__.startswith('transformers_modules'), type(model)\n"
+    finished = run_without_serpent_hf(transformers_only + check, cwd=tmp_path, modules_cache=tmp_path / "modules")
+    assert finished.returncode == 0, finished.stderr[-3000:]
 
 
 def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):

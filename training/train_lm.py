@@ -103,12 +103,13 @@ def main(argv=None):
                              seed=training_args.seed)
     (output_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
     repo_id = training_args.hub_model_id or output_dir.name
+    load_from = repo_id if push else training_args.output_dir  # what the card's examples load
     tokenizer_description = ("byte-level BPE trained on the training text" if model_args.train_tokenizer
                              else f"`{model_args.tokenizer_name}`")
     write_model_card(
         output_dir, model=model, tokenizer_description=tokenizer_description, tokenizer_size=len(tokenizer),
         data_args=data_args, training_args=training_args, metrics=metrics, block_size=block_size,
-        train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, repo_id=repo_id,
+        train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, load_from=load_from,
         sample=sample, sample_prompt=report_args.sample_prompt, sample_max_new_tokens=report_args.sample_max_new_tokens,
         plots=plots, profile=profile, template_path=report_args.model_card_template,
     )
