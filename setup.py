@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # One import name (DESIGN.md section 4): the repository keeps modeling/, training/ and model_cards/ at its
 # top, and they install inside serpent_hf, so no top-level `modeling` or `training` exists to collide
@@ -29,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["serpent_hf", "serpent_hf.metrics", *PACKAGE_FOLDERS],
+    packages=[*find_packages(include=["serpent_hf", "serpent_hf.*"]), *PACKAGE_FOLDERS],
     package_dir=PACKAGE_FOLDERS,
     # evaluate loads the metric by path (a folder, not a module); the training scripts render the card template.
     package_data={"serpent_hf": ["metrics/*/*.py"], "serpent_hf.model_cards": ["*.md"]},

@@ -68,8 +68,6 @@ def code_files():
 
 
 def write_code(folder):
-    """Copy the model's code into `folder` (a checkpoint); returns the names written."""
-    files = code_files()
-    for name, origin in files.items():
+    """Copy the model's code into `folder` (a checkpoint)."""
+    for name, origin in code_files().items():
         shutil.copyfile(origin, Path(folder) / name)
-    return sorted(files)
