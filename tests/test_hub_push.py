@@ -131,7 +131,7 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tmp_path):
                "--per_device_train_batch_size", "4", "--max_eval_samples", "4", "--use_cpu", "true",
                "--report_to", "none", "--disable_tqdm", "true", "--sample_max_new_tokens", "5",
                "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(output_dir),
-               "--push_to_hub", "true", "--hub_model_id", REPO]
+               "--push_to_hub", "true", "--hub_model_id", REPO.split("/")[1]]  # the Hub adds the namespace
     finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
 

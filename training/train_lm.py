@@ -26,7 +26,7 @@ from .data import (
 )
 from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
 from .generation import generate_sample
-from .hub import push_run
+from .hub import create_run_repo, push_run
 from .model_card import write_model_card
 from .models import build_model
 from .plots import delta_profile, plot_deltas, plot_training_curves
@@ -102,8 +102,10 @@ def main(argv=None):
     sample = generate_sample(model, tokenizer, report_args.sample_prompt, report_args.sample_max_new_tokens,
                              seed=training_args.seed)
     (output_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
-    repo_id = training_args.hub_model_id or output_dir.name
-    load_from = repo_id if push else training_args.output_dir  # what the card's examples load
+    load_from = training_args.output_dir  # what the card's examples load: the folder, or the Hub id
+    if push:
+        load_from = create_run_repo(training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
+                                    private=training_args.hub_private_repo)
     tokenizer_description = ("byte-level BPE trained on the training text" if model_args.train_tokenizer
                              else f"`{model_args.tokenizer_name}`")
     write_model_card(
@@ -115,9 +117,8 @@ def main(argv=None):
     )
     print(f"\nSample ({report_args.sample_prompt!r}, seed {training_args.seed}):\n{sample}\n")
     if push:
-        pushed = push_run(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
-                          revision=training_args.hub_revision)
-        logger.info("pushed %s to the Hub as %s", output_dir, pushed)
+        push_run(output_dir, load_from, token=training_args.hub_token, revision=training_args.hub_revision)
+        logger.info("pushed %s to the Hub as %s", output_dir, load_from)
     return metrics
 
 
