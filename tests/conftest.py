@@ -39,7 +39,7 @@ def run_without_serpent_hf(program, *args, cwd, modules_cache):
     from checkpoints in `modules_cache`. Returns the finished process (check its returncode)."""
     env = dict(os.environ, HF_MODULES_CACHE=str(modules_cache), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-I", "-c", WITHOUT_SERPENT_HF + program, *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
 
 def tiny_config(**overrides):

@@ -160,6 +160,7 @@ def test_the_model_card_loads_the_run_with_serpent_hf_and_with_transformers_alon
     check = "\nassert type(model).__module__.startswith('transformers_modules'), type(model)\n"
     finished = run_without_serpent_hf(transformers_only + check, cwd=tmp_path, modules_cache=tmp_path / "modules")
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "trust_remote_code" not in finished.stdout + finished.stderr  # no prompt asks to allow the code
 
 
 def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):
