@@ -16,9 +16,10 @@ import pytest
 
 from .conftest import CORPUS, ROOT
 
-# What a checkout holds besides the sources: environments, build outputs, caches, runs.
+# What a checkout holds besides the sources: environments, build outputs, caches, runs, data (the
+# README's LRA commands write data/).
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", ".ci-venv", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", ".hypothesis", "runs", "outputs", ".whl", ".gl")
+                                     ".pytest_cache", ".hypothesis", "runs", "outputs", "data", ".whl", ".gl")
 COMMANDS = {
     "serpent-train": "serpent_hf.training.train_lm:command",
     "serpent-eval": "serpent_hf.training.eval_lm:command",
