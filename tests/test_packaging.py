@@ -16,10 +16,17 @@ import pytest
 
 from .conftest import CORPUS, ROOT
 
-# What a checkout holds besides the sources: environments, build outputs, caches, runs, data (the
-# README's LRA commands write data/).
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", ".ci-venv", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", ".hypothesis", "runs", "outputs", "data", ".whl", ".gl")
+# What a checkout holds besides the sources, at its top: environments, build outputs, caches, runs,
+# data (the README's LRA commands write data/).
+NOT_SOURCES = {".git", ".venv", ".ci-venv", "build", "dist", "serpent_hf.egg-info", ".pytest_cache", ".hypothesis",
+               "runs", "outputs", "data", ".whl", ".gl"}
+
+
+def not_sources(folder, names):
+    """copytree's `ignore`: the names above at the top of the checkout, and bytecode caches anywhere."""
+    return [name for name in names if name == "__pycache__" or (folder == str(ROOT) and name in NOT_SOURCES)]
+
+
 COMMANDS = {
     "serpent-train": "serpent_hf.training.train_lm:command",
     "serpent-eval": "serpent_hf.training.eval_lm:command",
@@ -32,7 +39,7 @@ COMMANDS = {
 def wheel(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wheel")
     source = folder / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    shutil.copytree(ROOT, source, ignore=not_sources)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                             "--wheel-dir", str(folder / "dist"), str(source)], capture_output=True, text=True,
                            timeout=300)
