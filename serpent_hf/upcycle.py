@@ -80,7 +80,8 @@ def upcycle_mamba(mamba, compression_rates=(1.0, 0.5, 0.25), **config_overrides)
 def copy_tokenizer(source, output_dir):
     """Copy the tokenizer files of `source` (a checkpoint folder or Hub name) into output_dir; returns
     the names copied (none when the source has no tokenizer)."""
-    folder = Path(source) if Path(source).is_dir() else Path(snapshot_download(source, allow_patterns=list(TOKENIZER_FILES)))
+    is_folder = Path(source).is_dir()
+    folder = Path(source if is_folder else snapshot_download(source, allow_patterns=list(TOKENIZER_FILES)))
     copied = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
     for name in copied:
         shutil.copyfile(folder / name, Path(output_dir) / name)

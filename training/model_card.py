@@ -11,6 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..model_cards import SERPENT_LM
 from .models import describe_architecture
+
 METRICS = {  # key in eval_results.json -> (metric id, pretty name)
     "eval_top1_accuracy": ("accuracy", "Top-1 accuracy"),
     "eval_top5_accuracy": ("accuracy", "Top-5 accuracy"),

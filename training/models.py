@@ -1,12 +1,13 @@
 """The model a run trains: a fresh one from a config file, or a checkpoint to fine-tune, matched
-to the tokenizer (vocabulary size and special token ids)."""
+to the tokenizer (vocabulary size and special token ids).
+
+The Auto classes know SeRpEnt here because serpent_hf/__init__.py, which Python imports before any
+of its subpackages, registers it.
+"""
 
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM
-
-# The Auto classes know SeRpEnt because serpent_hf/__init__.py, always imported before this subpackage,
-# registers it.
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
