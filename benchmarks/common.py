@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the transformers Mamba must not look for hub kernels
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its "falling back to PyTorch" notices

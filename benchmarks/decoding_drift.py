@@ -18,20 +18,15 @@ RUN_DIR: a checkpoint written by training/train_lm.py (model and tokenizer). Wri
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-import serpent_hf  # noqa: E402,F401  (registers SeRpEnt with the Auto classes)
-from serpent_hf.compat import CACHE_NAME  # noqa: E402
-from training.data import split_articles  # noqa: E402
+import serpent_hf  # noqa: F401  (registers SeRpEnt with the Auto classes)
+from serpent_hf.compat import CACHE_NAME
+from serpent_hf.training.data import split_articles
 
 HELD_OUT = 6  # the last articles of the validation file, as in quality_wikitext.py
 

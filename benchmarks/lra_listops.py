@@ -33,14 +33,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers import TrainingArguments, set_seed  # noqa: E402
+import torch
+from transformers import TrainingArguments, set_seed
 
-from training import lra_data  # noqa: E402
-from training.train_lra import build_model, build_trainer  # noqa: E402
+from serpent_hf.training import lra_data
+from serpent_hf.training.train_lra import build_model, build_trainer
 
 MODELS = {
     "serpent-s4d": REPO / "configs" / "lra-listops-cpu.json",

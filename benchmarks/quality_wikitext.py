@@ -26,15 +26,13 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from training import train_lm  # noqa: E402
-from training.data import split_articles  # noqa: E402
-from training.plots import plot_study  # noqa: E402
+from serpent_hf.training import train_lm
+from serpent_hf.training.data import split_articles
+from serpent_hf.training.plots import plot_study
 
 HELD_OUT = 6
 

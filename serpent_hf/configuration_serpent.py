@@ -9,9 +9,12 @@ derived here and nowhere else.
 """
 
 import math
+from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
+
+from .remote_code import auto_map, write_code
 
 
 @strict(accept_kwargs=True)
@@ -110,6 +113,18 @@ class SeRpEntConfig(PretrainedConfig):
         if self.bidirectional:
             self.use_cache = False  # a non-causal model reads the future: there is no state to continue from
         super().__post_init__(**kwargs)
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        """PretrainedConfig's, plus `auto_map` and the code it names (remote_code.py), so that
+        `trust_remote_code=True` loads the folder where serpent-hf is not installed. A model's
+        `save_pretrained` and `push_to_hub`, and the Trainer's saves, all save the config here."""
+        self.auto_map = auto_map()
+        super().save_pretrained(save_directory)
+        write_code(save_directory)
+        if push_to_hub:
+            # PretrainedConfig would upload only the files changed after it listed the folder, before the
+            # code is written; push_to_hub saves afresh through this method, code included, and uploads that.
+            self.push_to_hub(kwargs.pop("repo_id", Path(save_directory).name), **kwargs)
 
     def validate_architecture(self):
         """Called by `@strict` on creation and on every load: bad values fail here, with their name."""

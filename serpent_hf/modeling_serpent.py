@@ -15,7 +15,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
 
-from modeling import (
+from .cache import SeRpEntCache
+from .compat import CACHE_NAME, output_class, resolve_cache
+from .configuration_serpent import SeRpEntConfig
+from .cuda_graphs import StaticDecodeStep
+from .modeling import (
     ConcatProjection,
     EmbeddingSelectivity,
     GaussianBasis,
@@ -26,11 +30,6 @@ from modeling import (
     SelectivityNetwork,
     decoding_linear,
 )
-
-from .cache import SeRpEntCache
-from .compat import CACHE_NAME, output_class, resolve_cache
-from .configuration_serpent import SeRpEntConfig
-from .cuda_graphs import StaticDecodeStep
 
 
 SeRpEntModelOutput = output_class(

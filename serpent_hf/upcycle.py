@@ -4,14 +4,17 @@ Every layer's rate-1.0 branch takes the Mamba mixer's weights; embeddings, norms
 head are copied. The other branches start from the same mixer weights (a warm start for their
 SSM), and their share of the concat projection is zero while the rate-1.0 share is the
 identity, so the upcycled model computes exactly what the Mamba model did until training moves
-the projection.
+the projection. The vocabulary is the Mamba's, so its tokenizer files are copied too.
 
-    python -m serpent_hf.upcycle --mamba state-spaces/mamba-130m-hf --output_dir serpent-130m
+    serpent-upcycle --mamba state-spaces/mamba-130m-hf --output_dir serpent-130m
 """
 
 import argparse
+import shutil
+from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 
 from .configuration_serpent import SeRpEntConfig
 from .modeling_serpent import SeRpEntForCausalLM
@@ -23,6 +26,11 @@ SHARED_FIELDS = (
     "time_step_min", "time_step_max", "time_step_init_scheme", "time_step_floor", "rescale_prenorm_residual",
     "tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "initializer_range",
 )
+
+
+# The files transformers' tokenizers are saved as: the fast tokenizer's, and the slow ones' vocabularies.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model")
 
 
 def _load_mamba(mamba):
@@ -70,6 +78,17 @@ def upcycle_mamba(mamba, compression_rates=(1.0, 0.5, 0.25), **config_overrides)
     return model
 
 
+def copy_tokenizer(source, output_dir):
+    """Copy the tokenizer files of `source` (a checkpoint folder or Hub name) into output_dir; returns
+    the names copied (none when the source has no tokenizer)."""
+    is_folder = Path(source).is_dir()
+    folder = Path(source if is_folder else snapshot_download(source, allow_patterns=list(TOKENIZER_FILES)))
+    copied = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    for name in copied:
+        shutil.copyfile(folder / name, Path(output_dir) / name)
+    return copied
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mamba", required=True, help="MambaForCausalLM directory or Hub name")
@@ -78,7 +97,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model = upcycle_mamba(args.mamba, args.compression_rates)
     model.save_pretrained(args.output_dir)
-    print(f"wrote a SeRpEnt checkpoint with rates {args.compression_rates} to {args.output_dir}")
+    copied = copy_tokenizer(args.mamba, args.output_dir)
+    tokenizer = f"its tokenizer ({', '.join(copied)})" if copied else f"no tokenizer ({args.mamba} has none)"
+    print(f"wrote a SeRpEnt checkpoint with rates {args.compression_rates} and {tokenizer} to {args.output_dir}")
 
 
 if __name__ == "__main__":

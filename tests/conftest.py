@@ -1,17 +1,45 @@
 """Shared fixtures: tiny random models that run in milliseconds on a CPU."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from modeling import SelectiveResampler
+from serpent_hf.modeling import SelectiveResampler
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 from serpent_hf.compat import CACHE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 CORPUS = ROOT / "tests" / "fixtures" / "tiny_corpus.txt"  # a few articles of plain text
+
+
+# The start of a program that must run without serpent-hf. The interpreter runs with -I (no
+# PYTHONPATH, no working directory on sys.path), but the editable install's import hook could still
+# find serpent_hf, so a finder placed first refuses it and the old top-level names.
+WITHOUT_SERPENT_HF = """
+import sys
+BLOCKED = {"serpent_hf", "modeling", "training"}
+
+class Blocker:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: this must run without serpent-hf")
+
+sys.meta_path.insert(0, Blocker)
+"""
+
+
+def run_without_serpent_hf(program, *args, cwd, modules_cache):
+    """Run WITHOUT_SERPENT_HF + program in a fresh interpreter; transformers keeps the code it loads
+    from checkpoints in `modules_cache`. Returns the finished process (check its returncode)."""
+    env = dict(os.environ, HF_MODULES_CACHE=str(modules_cache), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-I", "-c", WITHOUT_SERPENT_HF + program, *map(str, args)],
+                          cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
 
 def tiny_config(**overrides):

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling import Branch
-from modeling.resampling import nearest_neighbors
+from serpent_hf.modeling import Branch
+from serpent_hf.modeling.resampling import nearest_neighbors
 from serpent_hf import SeRpEntForSequenceClassification
 
 from .conftest import random_resampler, selectivity_networks, tiny_config

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from modeling import MambaMixer, decoding_linear
-from modeling import decoding
-from modeling.decoding import decoding_copy, kept_copies
+from serpent_hf.modeling import MambaMixer, decoding_linear
+from serpent_hf.modeling import decoding
+from serpent_hf.modeling.decoding import decoding_copy, kept_copies
 
 from .conftest import stepwise_logits, tiny_config, tiny_model
 

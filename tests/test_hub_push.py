@@ -124,14 +124,14 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tmp_path):
     env = dict(os.environ, HF_ENDPOINT=fake_hub.endpoint, HF_TOKEN=TOKEN, HF_HUB_DISABLE_TELEMETRY="1",
                HF_DATASETS_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     env.pop("HF_HUB_OFFLINE", None)  # the upload must go out (to the local server)
-    command = [sys.executable, str(ROOT / "training" / "train_lm.py"),
+    command = [sys.executable, "-m", "serpent_hf.training.train_lm",
                "--model_config", str(ROOT / "configs" / "tiny.json"),
                "--train_file", str(ROOT / "tests" / "fixtures" / "tiny_corpus.txt"), "--validation_articles", "2",
                "--train_tokenizer", "512", "--block_size", "64", "--max_steps", "3", "--save_steps", "2",
                "--per_device_train_batch_size", "4", "--max_eval_samples", "4", "--use_cpu", "true",
                "--report_to", "none", "--disable_tqdm", "true", "--sample_max_new_tokens", "5",
                "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(output_dir),
-               "--push_to_hub", "true", "--hub_model_id", REPO]
+               "--push_to_hub", "true", "--hub_model_id", REPO.split("/")[1]]  # the Hub adds the namespace
     finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
@@ -149,8 +149,41 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(fake_hub, tmp_path):
 
     weights = load_safetensors(files["model.safetensors"])
     assert "model.embeddings.weight" in weights and weights["model.embeddings.weight"].shape == (512, 64)
-    assert json.loads(files["config.json"])["model_type"] == "serpent"
+    config = json.loads(files["config.json"])
+    assert config["model_type"] == "serpent"
+    for reference in config["auto_map"].values():  # the code that trust_remote_code=True runs went up too
+        assert reference.partition(".")[0] + ".py" in files, reference
+    assert {"modeling.py", "block.py", "remote_code.py"} <= set(files)
     card = ModelCard(files["README.md"].decode())
     assert f'from_pretrained("{REPO}")' in card.text
     pushed_metrics = {result.metric_name for result in card.data.eval_results}
     assert {"Top-1 accuracy", "Top-5 accuracy", "Perplexity"} <= pushed_metrics
+
+
+PUSH = """
+import sys
+import torch
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
+
+torch.manual_seed(0)
+config = SeRpEntConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4)
+SeRpEntForCausalLM(config).save_pretrained(sys.argv[1] + "/model", push_to_hub=True, repo_id="tester/model")
+config.save_pretrained(sys.argv[1] + "/config", push_to_hub=True, repo_id="tester/config")
+SeRpEntForCausalLM(config).push_to_hub("tester/pushed")
+"""
+
+
+def test_save_pretrained_and_push_to_hub_upload_the_code(fake_hub, tmp_path):
+    """Every way transformers pushes (a model's save_pretrained(push_to_hub=True) and push_to_hub, and a
+    config's save_pretrained(push_to_hub=True)) uploads config.json with auto_map and the code it names."""
+    env = dict(os.environ, HF_ENDPOINT=fake_hub.endpoint, HF_TOKEN=TOKEN, HF_HUB_DISABLE_TELEMETRY="1",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.pop("HF_HUB_OFFLINE", None)
+    finished = subprocess.run([sys.executable, "-c", PUSH, str(tmp_path)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    for repo in ("tester/model", "tester/config", "tester/pushed"):
+        files = fake_hub.repos[repo]
+        auto_map = json.loads(files["config.json"])["auto_map"]
+        needed = {reference.partition(".")[0] + ".py" for reference in auto_map.values()}
+        assert needed | {"modeling.py", "block.py"} <= set(files), (repo, sorted(files))

@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from modeling import kernels
+from serpent_hf.modeling import kernels
 from serpent_hf.cuda_graphs import StaticDecodeStep
 
 from .conftest import cache_of, selectivity_networks, tiny_model

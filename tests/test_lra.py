@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from serpent_hf import SeRpEntConfig, SeRpEntForSequenceClassification
-from training import lra_data
-from training.train_lra import LRAArguments, build_model, build_optimizer, build_trainer
+from serpent_hf.training import lra_data
+from serpent_hf.training.train_lra import LRAArguments, build_model, build_optimizer, build_trainer
 
 from .conftest import CONFIGS, cache_of, tiny_config
 

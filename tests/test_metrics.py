@@ -8,7 +8,7 @@ import torch
 from transformers import EvalPrediction
 
 from serpent_hf.metrics import TOP_K_ACCURACY
-from training.evaluation import TOP_K, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
+from serpent_hf.training.evaluation import TOP_K, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling import CLOCK_QUANTUM
+from serpent_hf.modeling import CLOCK_QUANTUM
 
 from .conftest import random_resampler, selectivity_networks, tiny_model
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from modeling import S4DMixer
-from modeling.s4d import fft_convolution
+from serpent_hf.modeling import S4DMixer
+from serpent_hf.modeling.s4d import fft_convolution
 from serpent_hf import SeRpEntForCausalLM
 
 from .conftest import cache_of, selectivity_networks, tiny_config

@@ -2,7 +2,7 @@
 
 import torch
 
-from modeling.scan import SelectiveScan, selective_scan, selective_state_update
+from serpent_hf.modeling.scan import SelectiveScan, selective_scan, selective_state_update
 
 
 def naive_scan(delta, x, A, B, C, initial):

@@ -1,4 +1,4 @@
-"""The language-model pipeline end to end on a small text fixture: training/train_lm.py writes
+"""The language-model pipeline end to end on a small text fixture: serpent-train (train_lm.py) writes
 every artefact with sane values, eval_lm.py agrees with it, two processes match one, a killed run
 resumes to the same result, and bad inputs fail with clear errors.
 
@@ -9,6 +9,7 @@ one uninterrupted reference run, so the whole file takes about a minute on 2 CPU
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,11 +24,11 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
 
-from training import eval_lm, train_lm
-from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
-from training.data import hold_out_articles, split_articles
+from serpent_hf.training import eval_lm, train_lm
+from serpent_hf.training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
+from serpent_hf.training.data import hold_out_articles, split_articles
 
-from .conftest import CORPUS, ROOT
+from .conftest import CORPUS, ROOT, run_without_serpent_hf
 
 STEPS, SAVE_STEPS = 24, 8
 RUN = {  # the run file of every test run here (CLI options override it)
@@ -67,9 +68,7 @@ def losses_by_step(output_dir):
 
 
 def subprocess_env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +147,22 @@ def test_a_run_writes_every_artefact_with_sane_values(reference):
     assert reported["Top-5 accuracy"] == pytest.approx(results["eval_top5_accuracy"], abs=1e-6)
 
 
+def test_the_model_card_loads_the_run_with_serpent_hf_and_with_transformers_alone(reference, tmp_path):
+    """Its two examples run as written: `import serpent_hf` + Auto classes here, and
+    `trust_remote_code=True` in a process that cannot import serpent_hf. Both name the run's folder."""
+    card = (reference / "README.md").read_text()
+    with_package, transformers_only = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert f'from_pretrained("{reference}")' in with_package
+    assert f'from_pretrained("{reference}", trust_remote_code=True)' in transformers_only
+    namespace = {}
+    exec(compile(with_package, "README.md", "exec"), namespace)
+    assert type(namespace["model"]).__module__ == "serpent_hf.modeling_serpent"
+    check = "\nassert type(model).__module__.startswith('transformers_modules'), type(model)\n"
+    finished = run_without_serpent_hf(transformers_only + check, cwd=tmp_path, modules_cache=tmp_path / "modules")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "trust_remote_code" not in finished.stdout + finished.stderr  # no prompt asks to allow the code
+
+
 def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(reference)
     others = {"gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=64)),
@@ -186,7 +201,7 @@ def test_two_processes_reach_the_loss_of_one(reference, run_file):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               str(ROOT / "training" / "train_lm.py"), str(run_file), "--output_dir", str(output_dir),
+               "-m", "serpent_hf.training.train_lm", str(run_file), "--output_dir", str(output_dir),
                "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2"]
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -207,7 +222,7 @@ def test_two_processes_reach_the_loss_of_one(reference, run_file):
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(reference, run_file):
     output_dir = run_file.parent / "killed"
     checkpoint = output_dir / f"checkpoint-{SAVE_STEPS}"
-    process = subprocess.Popen([sys.executable, str(ROOT / "training" / "train_lm.py"), str(run_file),
+    process = subprocess.Popen([sys.executable, "-m", "serpent_hf.training.train_lm", str(run_file),
                                 "--output_dir", str(output_dir)], env=subprocess_env(), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -277,7 +292,7 @@ def test_a_folder_with_only_vocab_and_merges_loads_as_a_gpt2_tokenizer(tmp_path)
     """The offline GPT-2 BPE (`--tokenizer_name ../shared/data/gpt2-bpe`) is such a folder."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from training.data import load_tokenizer
+    from serpent_hf.training.data import load_tokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)

@@ -2,10 +2,13 @@
 
 import pytest
 import torch
-from transformers import MambaConfig, MambaForCausalLM
+from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
 
 from serpent_hf import SeRpEntForCausalLM
+from serpent_hf.training.data import train_bpe_tokenizer
 from serpent_hf.upcycle import main, upcycle_mamba
+
+from .conftest import CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,20 @@ def test_upcycle_cli_writes_a_loadable_checkpoint(mamba, tmp_path):
     ids = torch.randint(0, 101, (1, 20))
     with torch.no_grad():
         assert (loaded(ids).logits - mamba(ids).logits).abs().max().item() < 1e-4
+    assert not (tmp_path / "serpent" / "tokenizer.json").exists()  # the source had none
+
+
+def test_upcycle_cli_copies_the_source_tokenizer(mamba, tmp_path):
+    source, output = tmp_path / "mamba", tmp_path / "serpent"
+    mamba.save_pretrained(source)
+    tokenizer = train_bpe_tokenizer([CORPUS.read_text()], 300)
+    tokenizer.save_pretrained(source)
+    main(["--mamba", str(source), "--output_dir", str(output)])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (output / name).read_bytes() == (source / name).read_bytes(), name
+    copied = AutoTokenizer.from_pretrained(output)
+    assert copied("The river flows").input_ids == tokenizer("The river flows").input_ids
+    assert copied.eos_token == tokenizer.eos_token
 
 
 def test_upcycling_without_a_rate_one_branch_is_refused(mamba):

@@ -4,7 +4,7 @@ The dataclasses follow transformers' `run_clm.py` where the options overlap. Eve
 `TrainingArguments` option is accepted next to them. `parse_arguments` reads either plain
 command-line options or a run file followed by options that override it:
 
-    python training/train_lm.py configs/train-tiny.yaml --max_steps 10
+    serpent-train configs/train-tiny.yaml --max_steps 10
 """
 
 import json

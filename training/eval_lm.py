@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate causal LM checkpoints side by side: top-1 / top-5 next-token accuracy, perplexity, loss.
 
 Any `AutoModelForCausalLM` checkpoint works (SeRpEnt, a transformers Mamba, GPT-2, ...), on the
@@ -6,25 +5,22 @@ same evaluation text and with the same metric as train_lm.py. Each checkpoint is
 own tokenizer unless --tokenizer_name is given; compare token-level numbers only between models
 that share a tokenizer. Results go to OUTPUT_DIR/eval_results.json, one entry per checkpoint.
 
-    python training/eval_lm.py --model_name_or_path runs/serpent runs/mamba \
+    serpent-eval --model_name_or_path runs/serpent runs/mamba \
         --train_file ../shared/data/wikitext-103-v1/wiki.valid.tokens --validation_articles 6 \
         --block_size 256 --output_dir runs/compare
 """
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
+from datasets import DatasetDict
+from transformers import Trainer, TrainingArguments, default_data_collator
 
-from datasets import DatasetDict  # noqa: E402
-from transformers import Trainer, TrainingArguments, default_data_collator  # noqa: E402
-
-from training.arguments import DataArguments, parse_arguments  # noqa: E402
-from training.data import group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size  # noqa: E402
-from training.evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics  # noqa: E402
-from training.models import count_parameters, load_checkpoint  # noqa: E402
+from .arguments import DataArguments, parse_arguments
+from .data import group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size
+from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
+from .models import count_parameters, load_checkpoint
 
 SHOWN = ("eval_top1_accuracy", "eval_top5_accuracy", "eval_perplexity", "eval_loss")
 
@@ -64,6 +60,12 @@ def main(argv=None):
     for name, metrics in results.items():
         print(f"| {name} | {metrics['parameters']:,} | " + " | ".join(f"{metrics[key]:.4f}" for key in SHOWN) + " |")
     return results
+
+
+def command():
+    """`serpent-eval`: exits with status 0 after a run (main returns the results to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import math
 import evaluate
 import numpy as np
 
-from serpent_hf.metrics import TOP_K_ACCURACY
+from ..metrics import TOP_K_ACCURACY
 
 TOP_K = 5
 # Model outputs that are not logits: the Trainer must not gather them.

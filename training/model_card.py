@@ -1,5 +1,5 @@
 """The model card of a run: README.md in the output directory, rendered from a Jinja template in
-`model_cards/` with huggingface_hub's `ModelCard.from_template`.
+`model_cards/` (installed as `serpent_hf.model_cards`) with huggingface_hub's `ModelCard.from_template`.
 
 It states the architecture, parameter count, data, tokens trained, hyperparameters, metrics
 (also as model-index metadata), the plots, a generated sample and how to load the model.
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..model_cards import SERPENT_LM
 from .models import describe_architecture
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "serpent_lm.md"
 METRICS = {  # key in eval_results.json -> (metric id, pretty name)
     "eval_top1_accuracy": ("accuracy", "Top-1 accuracy"),
     "eval_top5_accuracy": ("accuracy", "Top-5 accuracy"),
@@ -41,9 +41,10 @@ def describe_data(data_args):
 
 
 def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size, data_args, training_args, metrics,
-                     block_size, train_blocks, eval_blocks, steps, repo_id, sample=None, sample_prompt="",
+                     block_size, train_blocks, eval_blocks, steps, load_from, sample=None, sample_prompt="",
                      sample_max_new_tokens=0, plots=None, profile=None, template_path=None):
-    """Render the card, save it as output_dir/README.md and return it."""
+    """Render the card, save it as output_dir/README.md and return it. `load_from`: what the card's
+    examples pass to `from_pretrained`, the Hub id the run is pushed to or its output folder."""
     architecture = describe_architecture(model)
     data_description, dataset_id, data_options = describe_data(data_args)
     global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * max(
@@ -56,7 +57,7 @@ def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size
         for key, (metric_id, pretty) in METRICS.items() if key in metrics
     ]
     card_data = ModelCardData(
-        model_name=repo_id.split("/")[-1], library_name="transformers", license="apache-2.0",
+        model_name=Path(load_from).name, library_name="transformers", license="apache-2.0",
         pipeline_tag="text-generation", datasets=[dataset_id] if dataset_id else None,
         tags=["serpent", "state-space-model", "mamba", "selective-resampling"], eval_results=eval_results,
     )
@@ -67,9 +68,9 @@ def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size
     rates = getattr(model.config, "compression_rates", None)
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template_path or DEFAULT_TEMPLATE),
-        repo_id=repo_id,
-        model_name=repo_id.split("/")[-1],
+        template_path=str(template_path or SERPENT_LM),
+        load_from=load_from,
+        model_name=Path(load_from).name,
         is_serpent=model.config.model_type == "serpent",
         single_branch=rates is not None and len(rates) == 1,
         architecture=architecture,

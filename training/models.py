@@ -1,9 +1,12 @@
 """The model a run trains: a fresh one from a config file, or a checkpoint to fine-tune, matched
-to the tokenizer (vocabulary size and special token ids)."""
+to the tokenizer (vocabulary size and special token ids).
+
+The Auto classes know SeRpEnt here because serpent_hf/__init__.py, which Python imports before any
+of its subpackages, registers it.
+"""
 
 from pathlib import Path
 
-import serpent_hf  # noqa: F401  (registers SeRpEnt with the Auto classes)
 from transformers import AutoConfig, AutoModelForCausalLM
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train a causal language model (SeRpEnt, or its Mamba baseline) with the Hugging Face Trainer.
 
 The end of a run leaves in --output_dir: the model, the tokenizer, eval_results.json (eval_loss,
@@ -6,35 +5,32 @@ eval_perplexity, eval_top1_accuracy, eval_top5_accuracy), train_results.json, tr
 deltas.png (Δ per token and branch on a sample text) and README.md, the model card. With
 --push_to_hub all of it goes to --hub_model_id in one commit.
 
-    python training/train_lm.py configs/train-tiny.yaml                    # a whole run in one file
-    python training/train_lm.py --model_config configs/small.json --output_dir runs/small \
+    serpent-train configs/train-tiny.yaml                    # a whole run in one file
+    serpent-train --model_config configs/small.json --output_dir runs/small \
         --dataset_name wikitext --dataset_config_name wikitext-103-v1 --block_size 256 --max_steps 1000
-    accelerate launch --multi_gpu --num_processes 2 training/train_lm.py configs/train-tiny.yaml   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 -m serpent_hf.training.train_lm configs/train-tiny.yaml
 
-(With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a single process; the run
-file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
+The last runs 2 CPU processes. (With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a
+single process; the run file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
 """
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
+from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
-from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed  # noqa: E402
-
-from training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments  # noqa: E402
-from training.data import (  # noqa: E402
+from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
+from .data import (
     group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text, train_bpe_tokenizer,
 )
-from training.evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics  # noqa: E402
-from training.generation import generate_sample  # noqa: E402
-from training.hub import push_run  # noqa: E402
-from training.model_card import write_model_card  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.plots import delta_profile, plot_deltas, plot_training_curves  # noqa: E402
-from training.trainer import SeRpEntTrainer  # noqa: E402
+from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
+from .generation import generate_sample
+from .hub import create_run_repo, push_run
+from .model_card import write_model_card
+from .models import build_model
+from .plots import delta_profile, plot_deltas, plot_training_curves
+from .trainer import SeRpEntTrainer
 
 logger = logging.getLogger("train_lm")
 
@@ -108,22 +104,30 @@ def main(argv=None):
     sample = generate_sample(model, tokenizer, report_args.sample_prompt, report_args.sample_max_new_tokens,
                              seed=training_args.seed)
     (output_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
-    repo_id = training_args.hub_model_id or output_dir.name
+    load_from = training_args.output_dir  # what the card's examples load: the folder, or the Hub id
+    if push:
+        load_from = create_run_repo(training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
+                                    private=training_args.hub_private_repo)
     tokenizer_description = ("byte-level BPE trained on the training text" if model_args.train_tokenizer
                              else f"`{model_args.tokenizer_name}`")
     write_model_card(
         output_dir, model=model, tokenizer_description=tokenizer_description, tokenizer_size=len(tokenizer),
         data_args=data_args, training_args=training_args, metrics=metrics, block_size=block_size,
-        train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, repo_id=repo_id,
+        train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, load_from=load_from,
         sample=sample, sample_prompt=report_args.sample_prompt, sample_max_new_tokens=report_args.sample_max_new_tokens,
         plots=plots, profile=profile, template_path=report_args.model_card_template,
     )
     print(f"\nSample ({report_args.sample_prompt!r}, seed {training_args.seed}):\n{sample}\n")
     if push:
-        pushed = push_run(output_dir, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
-                          revision=training_args.hub_revision)
-        logger.info("pushed %s to the Hub as %s", output_dir, pushed)
+        push_run(output_dir, load_from, token=training_args.hub_token, revision=training_args.hub_revision)
+        logger.info("pushed %s to the Hub as %s", output_dir, load_from)
     return metrics
+
+
+def command():
+    """`serpent-train`: exits with status 0 after a run (main returns the metrics to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Long Range Arena on the Hugging Face Trainer: ListOps, Text (byte-level IMDb), Retrieval (AAN).
 
-    python -m training.train_lra configs/train-lra-listops.json            # every argument from one JSON
-    python -m training.train_lra --task listops --model_config configs/lra-listops.json \
+    serpent-train-lra configs/train-lra-listops.json            # every argument from one JSON
+    serpent-train-lra --task listops --model_config configs/lra-listops.json \
         --output_dir runs/listops --max_steps 80000 --per_device_train_batch_size 50 --learning_rate 0.01
 
 ListOps reads LRA's `basic_{train,val,test}.tsv` from --data_path, or generates the data when
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from modeling import S4DMixer
-from serpent_hf import SeRpEntConfig, SeRpEntForSequenceClassification
+from ..modeling import S4DMixer
+from .. import SeRpEntConfig, SeRpEntForSequenceClassification
 
 from . import lra_data
 
@@ -138,6 +138,12 @@ def main(argv=None):
     trainer.log_metrics("test", metrics)
     trainer.save_metrics("test", metrics)
     return metrics
+
+
+def command():
+    """`serpent-train-lra`: exits with status 0 after a run (main returns the test metrics to Python callers, and a
+    console command would turn that return value into exit status 1)."""
+    main()
 
 
 if __name__ == "__main__":
