@@ -45,6 +45,21 @@ SeRpEntCausalLMOutput = output_class(
 )
 
 
+# Arguments generate() passes to prepare_inputs_for_generation for its own loop; transformers does not
+# forward them to the model either (our prompt slicing reads the cache instead).
+GENERATION_BOOKKEEPING = ("labels", "next_sequence_length", "is_first_iteration")
+
+
+def unconsumed_ids(input_ids, consumed):
+    """The ids a cache that consumed `consumed` tokens has not seen: (b, L) -> (b, L - consumed).
+
+    When the ids are not longer than what the cache consumed, the prompt was given as embeddings and the ids
+    hold only the tokens generated after it (transformers' convention): the last of them is new."""
+    if input_ids.shape[1] > consumed:
+        return input_ids[:, consumed:].contiguous()
+    return input_ids[:, -1:].contiguous()
+
+
 class SeRpEntPreTrainedModel(PreTrainedModel):
     config_class = SeRpEntConfig
     config: SeRpEntConfig
@@ -225,19 +240,25 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         self, input_ids, cache=None, attention_mask=None, inputs_embeds=None, use_cache=True, past_key_values=None,
         **kwargs,
     ):
-        """Feed only the tokens the cache has not consumed yet (all of them before the first call)."""
+        """Feed only what the cache has not consumed yet (all of it before the first call), and forward every
+        other model kwarg unchanged, as transformers does.
+
+        A prompt given as `inputs_embeds` is fed as embeddings while the cache has not consumed all of it
+        (transformers passes the whole prompt's embeddings, also when continuing from a cache); after that, ids.
+        """
         cache = resolve_cache(cache, past_key_values)
         consumed = cache.num_tokens if cache is not None else 0
-        if inputs_embeds is not None and consumed == 0:
-            model_inputs = {"inputs_embeds": inputs_embeds, "input_ids": None}
+        if inputs_embeds is not None and consumed < inputs_embeds.shape[1]:
+            model_inputs = {"inputs_embeds": inputs_embeds[:, consumed:], "input_ids": None}
         else:
-            model_inputs = {"input_ids": input_ids[:, consumed:].contiguous()}
-        if attention_mask is not None and not (consumed > 0 and input_ids.shape[1] - consumed == 1):
+            model_inputs = {"input_ids": unconsumed_ids(input_ids, consumed)}
+        fed = next(value for value in model_inputs.values() if value is not None).shape[1]
+        if attention_mask is not None and not (consumed > 0 and fed == 1):
             model_inputs["attention_mask"] = attention_mask  # generated tokens are never padding
         model_inputs.update({CACHE_NAME: cache, "use_cache": use_cache})
-        for key in ("logits_to_keep", "output_hidden_states", "output_deltas"):
-            if key in kwargs:
-                model_inputs[key] = kwargs[key]
+        for key, value in kwargs.items():
+            if key not in GENERATION_BOOKKEEPING:
+                model_inputs.setdefault(key, value)
         return model_inputs
 
     def forward(
