@@ -5,7 +5,7 @@ expect: config-driven construction, weight initialisation, safetensors save/load
 checkpointing, a loss, `generate()` through `SeRpEntCache`, and input validation that names
 the problem.
 
-    SeRpEntModel:        embeddings -> SeRpEntBlock × num_hidden_layers -> RMSNorm (norm_f)
+    SeRpEntModel:        embeddings -> SeRpEntLayer × num_hidden_layers -> RMSNorm (norm_f)
     SeRpEntForCausalLM:  SeRpEntModel -> lm_head (tied to the embeddings by default)
 """
 
@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from modeling import GaussianBasis, MambaMixer, RMSNorm, S4DMixer, SeRpEntBlock, SelectivityNetwork, decoding_linear
 
@@ -60,11 +61,20 @@ def unconsumed_ids(input_ids, consumed):
     return input_ids[:, -1:].contiguous()
 
 
+class SeRpEntLayer(GradientCheckpointingLayer, SeRpEntBlock):
+    """A SeRpEnt block (modeling/block.py) that transformers can checkpoint.
+
+    modeling/ does not import transformers, so the block gains transformers' GradientCheckpointingLayer here:
+    `gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)` and `_disable` then switch each layer's
+    checkpoint, with its options (`use_reentrant`), exactly as in transformers' own models. A decoding step
+    never runs under it (no gradients)."""
+
+
 class SeRpEntPreTrainedModel(PreTrainedModel):
     config_class = SeRpEntConfig
     config: SeRpEntConfig
     base_model_prefix = "model"
-    _no_split_modules = ["SeRpEntBlock"]
+    _no_split_modules = ["SeRpEntLayer"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
     # The SSM's A and D, and the selectivity network θ_Δ (whose output decides the clock), stay in
@@ -93,7 +103,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            SeRpEntBlock(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
+            SeRpEntLayer(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
         )
         self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
@@ -159,7 +169,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training:
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing:
             use_cache = False
         cache = resolve_cache(cache, past_key_values)
         valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, cache)
@@ -169,6 +180,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
+        if single_step and checkpointing:
+            raise ValueError(
+                "a decoding step advances the cache in place, and gradient checkpointing would run it again in the "
+                "backward pass: decode under torch.no_grad(), in eval mode, or after gradient_checkpointing_disable()"
+            )
         use_graph = self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None
         if single_step and use_graph and not output_hidden_states:
             if cache.decode_step is None:
@@ -186,12 +202,10 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             if single_step:  # the recurrent step advances the cache's state in place
                 hidden_states = layer(hidden_states[:, 0], state=previous, decoding_step=True).unsqueeze(1)
                 state, stats = previous, None
-            elif self.gradient_checkpointing and self.training:
-                hidden_states, state, stats = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, valid, previous, use_cache
+            else:  # hidden_states positional: a reentrant checkpoint passes gradients only through positional inputs
+                hidden_states, state, stats = layer(
+                    hidden_states, valid, state=previous, return_state=use_cache or cache is not None
                 )
-            else:
-                hidden_states, state, stats = layer(hidden_states, valid, previous, use_cache or cache is not None)
             new_states.append(state)
             if stats is not None:
                 lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
