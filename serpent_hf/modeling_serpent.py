@@ -81,6 +81,20 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     # float32 when a checkpoint is loaded in float16 or bfloat16.
     _keep_in_fp32_modules_strict = ["A_log", "D", "selectivity"]
 
+    def post_init(self):
+        self._keep_fp32_parameters_in_fp32()  # before the weights are initialised, so their initial values are float32
+        super().post_init()
+
+    def _keep_fp32_parameters_in_fp32(self):
+        """A model built in float16 or bfloat16 (`_from_config(config, dtype=...)`, `from_config`) creates the
+        parameters named in `_keep_in_fp32_modules_strict` in float32, as `from_pretrained` loads them."""
+        keep = set(self._keep_in_fp32_modules_strict)
+        for module_name, module in self.named_modules():
+            for name, parameter in list(module.named_parameters(recurse=False)):
+                named = keep.intersection(f"{module_name}.{name}".split("."))
+                if named and parameter.dtype in (torch.float16, torch.bfloat16):
+                    module.register_parameter(name, nn.Parameter(parameter.detach().float(), parameter.requires_grad))
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
