@@ -137,6 +137,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None and input_ids.dim() != 2:
+            hint = " (one sequence: add the batch axis, input_ids[None])" if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}{hint}")
+        if inputs_embeds is not None:
+            self._check_embeddings(inputs_embeds)
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if length == 0 and (cache is None or cache.num_tokens == 0):
             raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
@@ -159,6 +164,15 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 )
             return attention_mask[:, -length:].bool() if length > 0 else None
         return None
+
+    def _check_embeddings(self, inputs_embeds):
+        hidden = self.config.hidden_size
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden:
+            raise ValueError(f"inputs_embeds must have shape (batch, length, {hidden}), got {tuple(inputs_embeds.shape)}")
+        bad = ~torch.isfinite(inputs_embeds).all(dim=-1)
+        if bad.any():  # NaN would otherwise reach the clock, whose grid cannot be placed on NaN times
+            row, position = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"inputs_embeds holds NaN or Inf (first at batch row {row}, position {position})")
 
     def forward(
         self,
