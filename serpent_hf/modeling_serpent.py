@@ -66,8 +66,9 @@ class SeRpEntLayer(GradientCheckpointingLayer, SeRpEntBlock):
 
     modeling/ does not import transformers, so the block gains transformers' GradientCheckpointingLayer here:
     `gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)` and `_disable` then switch each layer's
-    checkpoint, with its options (`use_reentrant`), exactly as in transformers' own models. A decoding step
-    never runs under it (no gradients)."""
+    checkpoint, with its options (`use_reentrant`), exactly as in transformers' own models. A decoding step,
+    which advances the cache in place, must not be recomputed: SeRpEntModel.forward refuses one under checkpointing
+    with gradients."""
 
 
 class SeRpEntPreTrainedModel(PreTrainedModel):
