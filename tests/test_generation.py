@@ -185,8 +185,9 @@ def test_generation_errors_name_the_problem():
     cache = cache_of(model(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="holds 1 rows but the input has 2"):
         model(torch.tensor([[7], [8]]), past_key_values=cache)
+    other = cache_of(model(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="not both"):
-        model(torch.tensor([[7]]), cache=cache, past_key_values=cache)
+        model(torch.tensor([[7]]), cache=cache, past_key_values=other)
 
 
 def test_the_cache_goes_by_the_installed_transformers_name_and_the_old_one_still_works():
@@ -319,17 +320,20 @@ def test_generation_from_embeddings_continues_from_its_cache():
     assert torch.equal(rest, whole)
 
 
-def test_generation_continued_from_a_returned_cache_equals_one_uninterrupted_generation():
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # past_key_values is deprecated from transformers 5.24 on
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_generation_continued_from_a_returned_cache_equals_one_uninterrupted_generation(name):
+    """Under either name of the cache argument, on every supported transformers release."""
     model = tiny_model(seed=18)
     ids = torch.randint(3, 97, (2, 6))
     with torch.no_grad():
         whole = model.generate(ids, max_new_tokens=5, **GREEDY)
         first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
-        rest = model.generate(first.sequences, **{CACHE_NAME: cache_of(first)}, max_new_tokens=3, **GREEDY)
+        rest = model.generate(first.sequences, **{name: cache_of(first)}, max_new_tokens=3, **GREEDY)
         assert torch.equal(rest, whole)
         first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
         mask = torch.ones_like(first.sequences)  # transformers' convention: the mask covers the whole sequence
-        rest = model.generate(first.sequences, attention_mask=mask, **{CACHE_NAME: cache_of(first)}, max_new_tokens=3,
+        rest = model.generate(first.sequences, attention_mask=mask, **{name: cache_of(first)}, max_new_tokens=3,
                               **GREEDY)
         assert torch.equal(rest, whole)
 
