@@ -19,6 +19,10 @@ generate() asks of any cache, a protocol read from transformers 5.17 and 5.24:
     reorder_cache(beam_idx)   beam search
     batch_repeat_interleave, batch_select_indices   expanding or selecting rows
 
+Attention-mask sizing (`get_mask_sizes`, `is_sliding`, `layers`) is read by transformers' masking
+utilities, which attention models call from their forward and this model never does; generate()
+builds a mask from a cache only when it is a `Cache` instance.
+
 The cache is returned in the model's output under `cache` (`past_key_values` before
 transformers 5.24; see compat.py). A test runs generate() continued from a returned cache.
 """
