@@ -169,7 +169,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
     def _check_embeddings(self, inputs_embeds):
         hidden = self.config.hidden_size
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden:
-            raise ValueError(f"inputs_embeds must have shape (batch, length, {hidden}), got {tuple(inputs_embeds.shape)}")
+            shape = tuple(inputs_embeds.shape)
+            raise ValueError(f"inputs_embeds must have shape (batch, length, {hidden}), got {shape}")
         bad = ~torch.isfinite(inputs_embeds).all(dim=-1)
         if bad.any():  # NaN would otherwise reach the clock, whose grid cannot be placed on NaN times
             row, position = (int(i) for i in bad.nonzero()[0])

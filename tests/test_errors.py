@@ -1,5 +1,6 @@
 """Bad input gets a clear error that names the problem."""
 
+import re
 import warnings
 
 import pytest
@@ -64,8 +65,8 @@ def test_input_ids_and_embeddings_together_are_refused(model):
 
 
 
-@pytest.mark.parametrize("misspelt, field", [("compresion_rates", "compression_rates"), ("num_neighbours", "num_neighbors"),
-                                             ("hiden_size", "hidden_size")])
+@pytest.mark.parametrize("misspelt, field", [("compresion_rates", "compression_rates"),
+                                             ("num_neighbours", "num_neighbors"), ("hiden_size", "hidden_size")])
 def test_a_misspelt_config_key_warns_naming_the_closest_field(misspelt, field):
     with pytest.warns(UserWarning, match=f"'{misspelt}' is not a SeRpEntConfig field.*did you mean '{field}'"):
         config = tiny_config(**{misspelt: 7})
@@ -97,7 +98,7 @@ def test_a_non_finite_delta_is_named(model):
 
 @pytest.mark.parametrize("shape", [(5,), (1, 2, 5)])
 def test_input_ids_of_the_wrong_rank_are_named(model, shape):
-    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, length\), got " + repr(shape).replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, length\), got " + re.escape(repr(shape))):
         model(torch.full(shape, 5))
 
 

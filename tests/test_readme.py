@@ -34,7 +34,8 @@ def test_the_readme_examples_run_as_written(tmp_path, monkeypatch):
     code = readme_python()
     hub_tokenizer = 'AutoTokenizer.from_pretrained("gpt2")'
     assert code.count(hub_tokenizer) == 1
-    code = code.replace(hub_tokenizer, f'AutoTokenizer.from_pretrained({str(tokenizer_folder)!r}, tokenizer_type="gpt2")')
+    local = f'AutoTokenizer.from_pretrained({str(tokenizer_folder)!r}, tokenizer_type="gpt2")'
+    code = code.replace(hub_tokenizer, local)
     monkeypatch.chdir(tmp_path)  # not the repository: the examples must not need its files
     torch.manual_seed(0)
     namespace = {}

@@ -34,7 +34,8 @@ def gradients_and_recomputations(model, ids):
         selectivity = layer.branches[1].resampler.selectivity
         selectivity.register_forward_hook(lambda module, args, output, index=index: runs.append(index))
     model(ids, labels=ids).loss.backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters()}, [runs.count(i) for i in range(len(model.model.layers))]
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return gradients, [runs.count(i) for i in range(len(model.model.layers))]
 
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_(en|dis)able` is deprecated:FutureWarning")
