@@ -193,7 +193,12 @@ class SelectiveResampler(nn.Module):
         else:
             total = torch.floor(end_clock).clamp(min=1.0)
         new_counts = (total - state.emitted).long()
-        width = int(new_counts.max()) if batch > 0 else 0  # the one host synchronisation of the branch
+        width, finite = 0, True
+        if batch > 0:  # the one host synchronisation of the branch
+            width, finite = torch.stack([new_counts.max(), torch.isfinite(end_clock).all().long()]).tolist()
+        if not finite:
+            raise ValueError(f"Δ is not finite (NaN or Inf) in the resampling branch at rate {self.compression_rate}: "
+                             "its input or its selectivity network θ_Δ holds NaN or Inf")
         grid = state.emitted.unsqueeze(-1) + torch.arange(1, width + 1, device=x.device, dtype=torch.float64)
         sample_valid = torch.arange(width, device=x.device) < new_counts.unsqueeze(-1)
         if length == 0:  # an empty chunk: nothing to gather (a causal one emits nothing)

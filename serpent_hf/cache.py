@@ -7,9 +7,24 @@ with the number of generated tokens. Each decoding step advances these tensors i
 
 It deliberately does not subclass transformers' `Cache`: the attention-cache internals
 (`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
-transformers releases, and generate() only needs what is here: a `reorder_cache` for beam
-search and the cache returned in the model's output (under `cache`, or `past_key_values`
-before transformers 5.24; see compat.py).
+transformers releases, and a subclass inherits attention-only methods (`update`, `crop`,
+mask creation) that cannot work on a recurrent state. Instead it answers the few questions
+generate() asks of any cache, a protocol read from transformers 5.17 and 5.24:
+
+    get_seq_length()          tokens consumed so far (prefill slicing, position ids)
+    is_compileable            False: generate() must not torch.compile the decoding step
+    is_linear                 one True per layer: every layer is a recurrent (linear-attention
+                              style) state, so generate() leaves prompt slicing to the model's
+                              prepare_inputs_for_generation and builds no attention mask (5.24)
+    reorder_cache(beam_idx)   beam search
+    batch_repeat_interleave, batch_select_indices   expanding or selecting rows
+
+Attention-mask sizing (`get_mask_sizes`, `is_sliding`, `layers`) is read by transformers' masking
+utilities, which attention models call from their forward and this model never does; generate()
+builds a mask from a cache only when it is a `Cache` instance.
+
+The cache is returned in the model's output under `cache` (`past_key_values` before
+transformers 5.24; see compat.py). A test runs generate() continued from a returned cache.
 """
 
 import torch
@@ -54,6 +69,10 @@ class SeRpEntCache:
         if self.selectivity_state is not None:
             yield self.selectivity_state
 
+    @property
+    def is_linear(self):
+        return [True] * len(self.layer_states)
+
     def get_seq_length(self, layer_idx=0):
         return self.num_tokens
 
@@ -66,7 +85,11 @@ class SeRpEntCache:
             diffs = [f"{n}: cache {a} vs model {b}" for n, a, b in zip(names, self.signature, expected) if a != b]
             raise ValueError("the cache was built for another model config (" + "; ".join(diffs) + ")")
         if self.batch_size != batch_size:
-            raise ValueError(f"the cache holds {self.batch_size} rows but the input has {batch_size}")
+            message = f"the cache holds {self.batch_size} rows but the input has {batch_size}"
+            if batch_size % self.batch_size == 0:  # generate() expands the input, never a cache it is given
+                message += (f" (beam search and num_return_sequences expand the batch: first call "
+                            f"cache.batch_repeat_interleave({batch_size // self.batch_size}))")
+            raise ValueError(message)
 
     def _apply(self, fn):
         self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]

@@ -15,9 +15,11 @@ CACHE_NAME = "cache" if isinstance(getattr(ModelOutput, "past_key_values", None)
 
 
 def resolve_cache(cache, past_key_values):
-    """The cache passed under either name; both at once is ambiguous."""
-    if cache is not None and past_key_values is not None:
-        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    """The cache passed under either name; two different caches at once are ambiguous. The same cache under both
+    names is not: generate() before 5.24 keeps a cache given as `cache` and adds the returned one (the same
+    object, advanced in place) as `past_key_values`."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("two different caches were passed, as `cache` and as `past_key_values`: pass one, not both")
     return cache if cache is not None else past_key_values
 
 

@@ -8,7 +8,10 @@ initial bias (`delta_bias_init`) and the SSM family (`ssm_type`); the S4D backen
 derived here and nowhere else.
 """
 
+import dataclasses
+import difflib
 import math
+import warnings
 from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
@@ -106,6 +109,7 @@ class SeRpEntConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        self._warn_about_misspelt_keys(kwargs)
         self.compression_rates = [float(rate) for rate in self.compression_rates]
         self.intermediate_size = int(self.expand * self.hidden_size)
         if self.time_step_rank == "auto":
@@ -126,6 +130,17 @@ class SeRpEntConfig(PretrainedConfig):
             # code is written; push_to_hub saves afresh through this method, code included, and uploads that.
             self.push_to_hub(kwargs.pop("repo_id", Path(save_directory).name), **kwargs)
 
+    def _warn_about_misspelt_keys(self, extra):
+        """Unknown keys are kept as attributes (transformers' rule, which custom fields rely on); one that is
+        nearly the name of a field is most likely a typo that would otherwise train with that field's default."""
+        known = {f.name for f in dataclasses.fields(self)} | {n for n in dir(type(self)) if not n.startswith("_")}
+        known |= {"intermediate_size", "model_type"}  # written to config.json by save_pretrained
+        for key in extra:
+            close = [] if key in known else difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+            if close:
+                warnings.warn(f"{key!r} is not a SeRpEntConfig field (did you mean {close[0]!r}?); it is kept as an "
+                              f"attribute and changes nothing in the model", UserWarning, stacklevel=3)
+
     def validate_architecture(self):
         """Called by `@strict` on creation and on every load: bad values fail here, with their name."""
         super().validate_architecture()
@@ -135,6 +150,15 @@ class SeRpEntConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SeRpEntConfig.{name} must be a positive integer, got {value!r}")
+        for name in type(self).__annotations__:  # NaN passes no comparison below: refuse it (and Inf) first
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"SeRpEntConfig.{name} must be a finite number, got {value}")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(
+                f"SeRpEntConfig.layer_norm_epsilon must be positive (RMSNorm divides by it on an all-zero input), "
+                f"got {self.layer_norm_epsilon}"
+            )
         rates = self.compression_rates
         if len(rates) == 0:
             raise ValueError("SeRpEntConfig.compression_rates must name at least one branch rate, got []")

@@ -5,7 +5,7 @@ expect: config-driven construction, weight initialisation, safetensors save/load
 checkpointing, a loss, `generate()` through `SeRpEntCache`, and input validation that names
 the problem.
 
-    SeRpEntModel:        embeddings -> SeRpEntBlock × num_hidden_layers -> RMSNorm (norm_f)
+    SeRpEntModel:        embeddings -> SeRpEntLayer × num_hidden_layers -> RMSNorm (norm_f)
     SeRpEntForCausalLM:  SeRpEntModel -> lm_head (tied to the embeddings by default)
 """
 
@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .cache import SeRpEntCache
 from .compat import CACHE_NAME, output_class, resolve_cache
@@ -54,16 +55,55 @@ SeRpEntCausalLMOutput = output_class(
 )
 
 
+# Arguments generate() passes to prepare_inputs_for_generation for its own loop; transformers does not
+# forward them to the model either (our prompt slicing reads the cache instead).
+GENERATION_BOOKKEEPING = ("labels", "next_sequence_length", "is_first_iteration")
+
+
+def unconsumed_ids(input_ids, consumed):
+    """The ids a cache that consumed `consumed` tokens has not seen: (b, L) -> (b, L - consumed).
+
+    When the ids are not longer than what the cache consumed, the prompt was given as embeddings and the ids
+    hold only the tokens generated after it (transformers' convention): the last of them is new."""
+    if input_ids.shape[1] > consumed:
+        return input_ids[:, consumed:].contiguous()
+    return input_ids[:, -1:].contiguous()
+
+
+class SeRpEntLayer(GradientCheckpointingLayer, SeRpEntBlock):
+    """A SeRpEnt block (modeling/block.py) that transformers can checkpoint.
+
+    modeling/ does not import transformers, so the block gains transformers' GradientCheckpointingLayer here:
+    `gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)` and `_disable` then switch each layer's
+    checkpoint, with its options (`use_reentrant`), exactly as in transformers' own models. A decoding step,
+    which advances the cache in place, must not be recomputed: SeRpEntModel.forward refuses one under checkpointing
+    with gradients."""
+
+
 class SeRpEntPreTrainedModel(PreTrainedModel):
     config_class = SeRpEntConfig
     config: SeRpEntConfig
     base_model_prefix = "model"
-    _no_split_modules = ["SeRpEntBlock"]
+    _no_split_modules = ["SeRpEntLayer"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
     # The SSM's A and D, and the selectivity network θ_Δ (whose output decides the clock), stay in
     # float32 when a checkpoint is loaded in float16 or bfloat16.
     _keep_in_fp32_modules_strict = ["A_log", "D", "selectivity"]
+
+    def post_init(self):
+        self._keep_fp32_parameters_in_fp32()  # before the weights are initialised, so their initial values are float32
+        super().post_init()
+
+    def _keep_fp32_parameters_in_fp32(self):
+        """A model built in float16 or bfloat16 (`_from_config(config, dtype=...)`, `from_config`) creates the
+        parameters named in `_keep_in_fp32_modules_strict` in float32, as `from_pretrained` loads them."""
+        keep = set(self._keep_in_fp32_modules_strict)
+        for module_name, module in self.named_modules():
+            for name, parameter in list(module.named_parameters(recurse=False)):
+                named = keep.intersection(f"{module_name}.{name}".split("."))
+                if named and parameter.dtype in (torch.float16, torch.bfloat16):
+                    module.register_parameter(name, nn.Parameter(parameter.detach().float(), parameter.requires_grad))
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -96,7 +136,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            SeRpEntBlock(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
+            SeRpEntLayer(config, causal=not config.bidirectional) for _ in range(config.num_hidden_layers)
         )
         self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         # delta_source "embedding": θ_Δ of every compressed branch, in one module that plans every clock
@@ -143,6 +183,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None and input_ids.dim() != 2:
+            hint = " (one sequence: add the batch axis, input_ids[None])" if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}{hint}")
+        if inputs_embeds is not None:
+            self._check_embeddings(inputs_embeds)
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if length == 0 and (cache is None or cache.num_tokens == 0):
             raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
@@ -165,6 +210,16 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 )
             return attention_mask[:, -length:].bool() if length > 0 else None
         return None
+
+    def _check_embeddings(self, inputs_embeds):
+        hidden = self.config.hidden_size
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden:
+            shape = tuple(inputs_embeds.shape)
+            raise ValueError(f"inputs_embeds must have shape (batch, length, {hidden}), got {shape}")
+        bad = ~torch.isfinite(inputs_embeds).all(dim=-1)
+        if bad.any():  # NaN would otherwise reach the clock, whose grid cannot be placed on NaN times
+            row, position = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"inputs_embeds holds NaN or Inf (first at batch row {row}, position {position})")
 
     def forward(
         self,
@@ -189,7 +244,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training:
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing:
             use_cache = False
         cache = resolve_cache(cache, past_key_values)
         valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, cache)
@@ -199,6 +255,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
         single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
+        if single_step and checkpointing:
+            raise ValueError(
+                "a decoding step advances the cache in place, and gradient checkpointing would run it again in the "
+                "backward pass: decode under torch.no_grad(), in eval mode, or after gradient_checkpointing_disable()"
+            )
         if single_step and not output_hidden_states:
             if self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None:
                 if cache.decode_step is None:
@@ -220,14 +281,10 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             previous = cache.layer_states[index] if resuming else None
-            if self.gradient_checkpointing and self.training:
-                hidden_states, state, stats = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, valid, previous, use_cache, False, layer_logits
-                )
-            else:
-                hidden_states, state, stats = layer(
-                    hidden_states, valid, previous, use_cache or cache is not None, logits=layer_logits
-                )
+            # Positional: a reentrant checkpoint passes gradients only through positional inputs (θ_Δ's logits too).
+            hidden_states, state, stats = layer(
+                hidden_states, valid, previous, use_cache or cache is not None, False, layer_logits
+            )
             new_states.append(state)
             lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
             if output_deltas:
@@ -276,19 +333,25 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         self, input_ids, cache=None, attention_mask=None, inputs_embeds=None, use_cache=True, past_key_values=None,
         **kwargs,
     ):
-        """Feed only the tokens the cache has not consumed yet (all of them before the first call)."""
+        """Feed only what the cache has not consumed yet (all of it before the first call), and forward every
+        other model kwarg unchanged, as transformers does.
+
+        A prompt given as `inputs_embeds` is fed as embeddings while the cache has not consumed all of it
+        (transformers passes the whole prompt's embeddings, also when continuing from a cache); after that, ids.
+        """
         cache = resolve_cache(cache, past_key_values)
         consumed = cache.num_tokens if cache is not None else 0
-        if inputs_embeds is not None and consumed == 0:
-            model_inputs = {"inputs_embeds": inputs_embeds, "input_ids": None}
+        if inputs_embeds is not None and consumed < inputs_embeds.shape[1]:
+            model_inputs = {"inputs_embeds": inputs_embeds[:, consumed:], "input_ids": None}
         else:
-            model_inputs = {"input_ids": input_ids[:, consumed:].contiguous()}
-        if attention_mask is not None and not (consumed > 0 and input_ids.shape[1] - consumed == 1):
+            model_inputs = {"input_ids": unconsumed_ids(input_ids, consumed)}
+        fed = next(value for value in model_inputs.values() if value is not None).shape[1]
+        if attention_mask is not None and not (consumed > 0 and fed == 1):
             model_inputs["attention_mask"] = attention_mask  # generated tokens are never padding
         model_inputs.update({CACHE_NAME: cache, "use_cache": use_cache})
-        for key in ("logits_to_keep", "output_hidden_states", "output_deltas"):
-            if key in kwargs:
-                model_inputs[key] = kwargs[key]
+        for key, value in kwargs.items():
+            if key not in GENERATION_BOOKKEEPING:
+                model_inputs.setdefault(key, value)
         return model_inputs
 
     def forward(

@@ -1,5 +1,8 @@
 """Bad input gets a clear error that names the problem."""
 
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -20,9 +23,15 @@ from .conftest import tiny_config, tiny_model
         (dict(hidden_size=-4), "hidden_size"),
         (dict(ssm_type="lstm"), "ssm_type"),
         (dict(time_step_min=0.5, time_step_max=0.1), "time_step_min"),
+        (dict(layer_norm_epsilon=-1e-5), "layer_norm_epsilon"),
+        (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon"),
+        (dict(delta_bias_init=float("nan")), "delta_bias_init"),
+        (dict(delta_bias_init=float("inf")), "delta_bias_init"),
+        (dict(time_step_scale=float("nan")), "time_step_scale"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, named):
+    # huggingface_hub's strict dataclasses wrap the ValueError in StrictDataclassClassValidationError.
     with pytest.raises(Exception, match=named):
         tiny_config(**overrides)
 
@@ -54,3 +63,47 @@ def test_input_ids_and_embeddings_together_are_refused(model):
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model(torch.tensor([[5]]), inputs_embeds=torch.zeros(1, 1, 32))
 
+
+
+@pytest.mark.parametrize("misspelt, field", [("compresion_rates", "compression_rates"),
+                                             ("num_neighbours", "num_neighbors"), ("hiden_size", "hidden_size")])
+def test_a_misspelt_config_key_warns_naming_the_closest_field(misspelt, field):
+    with pytest.warns(UserWarning, match=f"'{misspelt}' is not a SeRpEntConfig field.*did you mean '{field}'"):
+        config = tiny_config(**{misspelt: 7})
+    assert getattr(config, misspelt) == 7  # kept, as transformers keeps unknown keys
+
+
+def test_saved_and_custom_config_keys_load_without_a_warning(tmp_path):
+    tiny_config(my_project_tag="x").save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SeRpEntConfig.from_pretrained(tmp_path).my_project_tag == "x"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_embeds_are_named(model, value):
+    embeds = torch.zeros(2, 5, 32)
+    embeds[1, 3, 7] = value
+    with pytest.raises(ValueError, match=r"inputs_embeds holds NaN or Inf .*row 1, position 3"):
+        model(inputs_embeds=embeds)
+
+
+def test_a_non_finite_delta_is_named(model):
+    """NaN in θ_Δ's weights (a diverged run) makes Δ NaN; the clock cannot place a grid on it."""
+    with torch.no_grad():
+        model.model.layers[1].branches[2].resampler.selectivity.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"Δ is not finite .*rate 0.25"):
+        model(torch.tensor([[5, 6, 7, 8]]))
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 2, 5)])
+def test_input_ids_of_the_wrong_rank_are_named(model, shape):
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, length\), got " + re.escape(repr(shape))):
+        model(torch.full(shape, 5))
+
+
+def test_inputs_embeds_of_the_wrong_shape_are_named(model):
+    with pytest.raises(ValueError, match=r"inputs_embeds must have shape \(batch, length, 32\), got \(2, 5\)"):
+        model(inputs_embeds=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"inputs_embeds must have shape \(batch, length, 32\), got \(2, 5, 16\)"):
+        model(inputs_embeds=torch.zeros(2, 5, 16))

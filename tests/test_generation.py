@@ -185,8 +185,9 @@ def test_generation_errors_name_the_problem():
     cache = cache_of(model(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="holds 1 rows but the input has 2"):
         model(torch.tensor([[7], [8]]), past_key_values=cache)
+    other = cache_of(model(torch.tensor([[5, 6]]), use_cache=True))
     with pytest.raises(ValueError, match="not both"):
-        model(torch.tensor([[7]]), cache=cache, past_key_values=cache)
+        model(torch.tensor([[7]]), cache=cache, past_key_values=other)
 
 
 def test_the_cache_goes_by_the_installed_transformers_name_and_the_old_one_still_works():
@@ -288,3 +289,76 @@ def test_decoding_steps_run_the_hooks_of_blocks_and_mixers(where):
     assert (full - before).abs().max().item() > 1e-2  # the hook matters
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)
     assert calls.count(True) > 0
+
+
+GREEDY = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_from_embeddings_equals_generate_from_their_ids(num_beams):
+    """generate(inputs_embeds=...) without input_ids returns the new tokens only, as transformers' models do."""
+    model = tiny_model(seed=16)
+    ids = torch.randint(3, 97, (2, 6))
+    embeds = model.get_input_embeddings()(ids).detach()
+    with torch.no_grad():
+        from_ids = model.generate(ids, max_new_tokens=5, num_beams=num_beams, **GREEDY)
+        from_embeds = model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=num_beams, **GREEDY)
+        with_both = model.generate(ids, inputs_embeds=embeds, max_new_tokens=5, num_beams=num_beams, **GREEDY)
+    assert torch.equal(from_embeds, from_ids[:, 6:])
+    assert torch.equal(with_both, from_ids)
+
+
+def test_generation_from_embeddings_continues_from_its_cache():
+    model = tiny_model(seed=17)
+    ids = torch.randint(3, 97, (2, 6))
+    embeds = model.get_input_embeddings()(ids).detach()
+    with torch.no_grad():
+        whole = model.generate(ids, max_new_tokens=5, **GREEDY)
+        first = model.generate(inputs_embeds=embeds, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
+        sequence = torch.cat([ids, first.sequences], dim=1)
+        rest = model.generate(sequence, **{CACHE_NAME: cache_of(first)}, max_new_tokens=3, **GREEDY)
+    assert torch.equal(rest, whole)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # past_key_values is deprecated from transformers 5.24 on
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_generation_continued_from_a_returned_cache_equals_one_uninterrupted_generation(name):
+    """Under either name of the cache argument, on every supported transformers release."""
+    model = tiny_model(seed=18)
+    ids = torch.randint(3, 97, (2, 6))
+    with torch.no_grad():
+        whole = model.generate(ids, max_new_tokens=5, **GREEDY)
+        first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
+        rest = model.generate(first.sequences, **{name: cache_of(first)}, max_new_tokens=3, **GREEDY)
+        assert torch.equal(rest, whole)
+        first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
+        mask = torch.ones_like(first.sequences)  # transformers' convention: the mask covers the whole sequence
+        rest = model.generate(first.sequences, attention_mask=mask, **{name: cache_of(first)}, max_new_tokens=3,
+                              **GREEDY)
+        assert torch.equal(rest, whole)
+
+
+def test_beam_search_continued_from_a_cache_needs_the_cache_expanded_and_then_equals_beam_search():
+    """generate() expands the input to batch × num_beams rows but never a cache it is given (as for any
+    transformers model): the error says how to expand it, and the expanded cache continues exactly."""
+    model = tiny_model(seed=18)
+    ids = torch.randint(3, 97, (2, 6))
+    with torch.no_grad():
+        first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
+        beams = dict(max_new_tokens=3, num_beams=2, **GREEDY)
+        with pytest.raises(ValueError, match=r"holds 2 rows but the input has 4.*batch_repeat_interleave\(2\)"):
+            model.generate(first.sequences, **{CACHE_NAME: cache_of(first)}, **beams)
+        cache = cache_of(model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY))
+        cache.batch_repeat_interleave(2)
+        continued = model.generate(first.sequences, **{CACHE_NAME: cache}, **beams)
+        assert torch.equal(continued, model.generate(first.sequences, **beams))
+
+
+def test_prepare_inputs_for_generation_forwards_unknown_model_kwargs():
+    """transformers forwards every model kwarg it does not know to forward(); so do we."""
+    model = tiny_model(seed=19)
+    ids = torch.randint(3, 97, (1, 4))
+    marker = object()
+    inputs = model.prepare_inputs_for_generation(ids, custom_kwarg=marker, use_cache=True)
+    assert inputs["custom_kwarg"] is marker
+    assert torch.equal(inputs["input_ids"], ids)

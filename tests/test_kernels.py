@@ -10,11 +10,13 @@ import types
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-from serpent_hf.modeling import kernels
+from serpent_hf import SeRpEntForCausalLM
 from serpent_hf.cuda_graphs import StaticDecodeStep
+from serpent_hf.modeling import kernels
 
-from .conftest import cache_of, selectivity_networks, tiny_model
+from .conftest import cache_of, selectivity_networks, tiny_config, tiny_model
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -205,3 +207,21 @@ def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp
     with torch.no_grad():
         low, full = loaded(ids).logits, model(ids).logits
     assert torch.isfinite(low).all() and (low - full).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_built_in_half_precision_keeps_the_same_parameters_in_float32_as_a_loaded_one(tmp_path, dtype):
+    """_from_config / AutoModelForCausalLM.from_config(dtype=...) keep A_log, D and θ_Δ (`selectivity`) in float32,
+    as from_pretrained does, and initialise them in float32 (A_log = log n exactly)."""
+    tiny_model(seed=6).save_pretrained(tmp_path)
+    loaded = SeRpEntForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    built = {"_from_config": SeRpEntForCausalLM._from_config(tiny_config(), dtype=dtype),
+             "Auto from_config": AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)}
+    expected = {name: p.dtype for name, p in loaded.named_parameters()}
+    kept = {dtype for name, dtype in expected.items() if name.endswith(("A_log", ".D", "selectivity.weight"))}
+    assert kept == {torch.float32}
+    assert expected["model.embeddings.weight"] == dtype
+    for how, model in built.items():
+        assert {name: p.dtype for name, p in model.named_parameters()} == expected, how
+        A_log = model.model.layers[0].branches[0].mixer.A_log
+        assert torch.equal(A_log[0], torch.log(torch.arange(1, A_log.shape[1] + 1, dtype=torch.float32))), how

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM, SeRpEntModel
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM, SeRpEntForSequenceClassification, SeRpEntModel
 
-from .conftest import CONFIGS, tiny_model
+from .conftest import CONFIGS, ROOT, tiny_model
 
 
 def test_save_then_load_gives_identical_logits(tmp_path):
@@ -31,10 +31,37 @@ def test_loading_into_a_mismatched_config_names_the_weights(tmp_path):
         SeRpEntForCausalLM.from_pretrained(tmp_path, hidden_size=48)
 
 
-def test_config_files_in_configs_build_models():
-    for name in ("tiny", "small", "base", "tiny-mamba", "small-mamba", "base-mamba"):
+def readme_config_rows():
+    """{config name: {column: cell}} from the README's tables whose first column is "config"."""
+    rows, header = {}, None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None:
+            header = None
+        elif cells[0] == "config":
+            header = cells
+        elif header and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = dict(zip(header, cells))
+    return rows
+
+
+def test_config_files_in_configs_build_the_models_the_readme_describes():
+    """Every model config builds its model (on the meta device: no memory), with the width, depth, branch rates and
+    parameter count that the README's tables state."""
+    rows = readme_config_rows()
+    names = sorted(path.stem for path in CONFIGS.glob("*.json") if not path.stem.startswith("train-"))
+    assert sorted(rows) == names
+    for name in names:
         config = SeRpEntConfig.from_pretrained(CONFIGS / f"{name}.json")
-        assert config.model_type == "serpent"
+        model_class = SeRpEntForSequenceClassification if config.bidirectional else SeRpEntForCausalLM
+        with torch.device("meta"):
+            model = model_class(config)
+        row = rows[name]
+        assert (config.hidden_size, len(model.model.layers)) == (int(row["hidden"]), int(row["layers"])), name
+        rates = [float(rate) for rate in row["rates"].split(",")]
+        for layer in model.model.layers:
+            assert [branch.compression_rate for branch in layer.branches] == rates, name
+        assert sum(p.numel() for p in model.parameters()) == int(row["parameters"].replace(",", "")), name
 
 
 def test_mamba_baselines_match_their_serpent_parameter_count():

@@ -1,8 +1,10 @@
 """The model trains with the HF Trainer and supports gradient checkpointing."""
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .conftest import selectivity_networks, tiny_model
 
@@ -24,18 +26,43 @@ def test_one_trainer_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     assert after < before
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def gradients_and_recomputations(model, ids):
+    """Every parameter's gradient after one backward pass, and how often each layer's first selectivity network ran
+    (a checkpointed layer runs its inside twice: once forward, once recomputed in the backward pass)."""
+    runs = []
+    for index, layer in enumerate(model.model.layers):
+        selectivity = layer.branches[1].resampler.selectivity
+        selectivity.register_forward_hook(lambda module, args, output, index=index: runs.append(index))
+    model(ids, labels=ids).loss.backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return gradients, [runs.count(i) for i in range(len(model.model.layers))]
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_(en|dis)able` is deprecated:FutureWarning")
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_by_transformers_recomputes_every_layer_and_gives_the_same_gradients(use_reentrant):
+    """The layers are transformers' GradientCheckpointingLayer, so gradient_checkpointing_enable/disable and their
+    options act on them as on any transformers model."""
     ids = torch.randint(3, 97, (2, 30))
-    gradients, checkpointed = [], []
-    for checkpointing in (False, True):
-        model = tiny_model(seed=4).train()
-        if checkpointing:
-            # transformers 5.24 renamed it (the Trainer calls the new name); 5.17 has only the old one.
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
-            checkpoint = model.model._gradient_checkpointing_func
-            model.model._gradient_checkpointing_func = lambda *args: checkpointed.append(1) or checkpoint(*args)
-        model(ids, labels=ids).loss.backward()
-        gradients.append(selectivity_networks(model.model)[0].weight.grad.clone())
-    assert len(checkpointed) == model.config.num_hidden_layers  # every layer ran through the checkpoint
-    torch.testing.assert_close(gradients[0], gradients[1])
+    expected, runs = gradients_and_recomputations(tiny_model(seed=4).train(), ids)
+    assert runs == [1, 1]
+    model = tiny_model(seed=4).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.model.layers)
+    checkpointed = []
+    for layer in model.model.layers:
+        assert layer._gradient_checkpointing_func.keywords["use_reentrant"] is use_reentrant
+        checkpoint = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, c=checkpoint, **k: checkpointed.append(1) or c(*a, **k)
+    gradients, runs = gradients_and_recomputations(model, ids)
+    assert len(checkpointed) == model.config.num_hidden_layers and runs == [2, 2]
+    assert gradients.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(gradients[name], expected[name], msg=name)
+    cache = model.model.empty_cache(2)
+    with pytest.raises(ValueError, match="advances the cache in place.*gradient checkpointing"):
+        model(ids[:, :1], cache=cache)
+    model.gradient_checkpointing_disable()
+    model.zero_grad()
+    _, runs = gradients_and_recomputations(model, ids)
+    assert runs == [1, 1]

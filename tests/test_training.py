@@ -96,6 +96,65 @@ def test_the_run_file_and_the_command_line_combine(run_file):
     assert training_args.dataloader_drop_last is True and report_args.sample_max_new_tokens == 12
 
 
+def parse_run(argv):
+    return parse_arguments((ModelArguments, DataArguments, ReportArguments, train_lm.TrainingArguments), argv)
+
+
+@pytest.mark.parametrize(
+    "option, value, replaced",
+    [("--validation_file", "other.txt", "validation_articles"), ("--tokenizer_name", "my-bpe", "train_tokenizer")],
+)
+def test_a_command_line_option_replaces_the_run_file_options_it_conflicts_with(run_file, option, value, replaced):
+    """The run file holds validation_articles and train_tokenizer; the command line's alternative wins."""
+    model_args, data_args, _, _ = parse_run([str(run_file), option, value])
+    assert getattr(data_args if "validation" in option else model_args, option[2:]) == value
+    assert getattr(data_args if "validation" in replaced else model_args, replaced) is None
+
+
+def test_a_run_file_option_is_unset_from_the_command_line(run_file):
+    model_args, data_args, _, training_args = parse_run([str(run_file), "--unset", "validation_articles", "train_tokenizer",
+                                                         "--max_steps", "5"])
+    assert data_args.validation_articles is None and model_args.train_tokenizer is None
+    assert training_args.max_steps == 5 and data_args.block_size == 64  # the rest of the run file still applies
+    with pytest.raises(ValueError, match="--unset validation_artcles: no such option"):
+        parse_run([str(run_file), "--unset", "validation_artcles"])
+
+
+def test_two_choices_of_the_evaluation_text_are_a_clear_error(tmp_path):
+    from training.data import load_raw_text
+
+    args = DataArguments(train_file=str(CORPUS), validation_file=str(CORPUS), validation_articles=2)
+    with pytest.raises(ValueError, match="--validation_file and --validation_articles both choose the evaluation text"):
+        load_raw_text(args, str(tmp_path / "cache"))
+
+
+def test_a_training_file_that_is_not_utf8_is_named_with_the_byte_offset(tmp_path, offline):
+    from training.data import first_invalid_utf8, load_raw_text
+
+    train_file = tmp_path / "latin1.txt"
+    train_file.write_bytes("A first line\nCaf\u00e9 au lait \u00e9\n".encode("latin-1"))  # é is byte 0xE9 at offset 16
+    with pytest.raises(ValueError, match=rf"--train_file {train_file} is not UTF-8 text: byte 0xe9 at offset 16"):
+        load_raw_text(DataArguments(train_file=str(train_file)), str(tmp_path / "cache"))
+    for chunk_size in (1, 2, 3, 17):  # a character split between reads is carried over, not mistaken for an error
+        assert first_invalid_utf8(train_file, chunk_size) == (16, 0xE9)
+
+
+def test_resuming_from_a_checkpoint_without_optimizer_state_warns(tmp_path, caplog):
+    checkpoint = tmp_path / "checkpoint-8"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="train_lm"):
+        assert train_lm.checkpoint_to_resume("last", str(tmp_path)) == str(checkpoint)
+    assert f"{checkpoint} holds no optimizer state" in caplog.text
+    caplog.clear()
+    (checkpoint / "optimizer.pt").write_bytes(b"")
+    assert train_lm.checkpoint_to_resume(str(checkpoint), str(tmp_path)) == str(checkpoint)
+    assert "optimizer" not in caplog.text
+    assert train_lm.checkpoint_to_resume(None, str(tmp_path)) is None
+    with pytest.raises(ValueError, match="no checkpoint-\\* folder in --output_dir"):
+        train_lm.checkpoint_to_resume("last", str(tmp_path / "empty"))
+
+
 def test_the_ready_run_files_parse():
     parse = lambda name: parse_arguments(  # noqa: E731
         (ModelArguments, DataArguments, ReportArguments, train_lm.TrainingArguments), [str(ROOT / "configs" / name)])

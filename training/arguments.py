@@ -5,11 +5,16 @@ The dataclasses follow transformers' `run_clm.py` where the options overlap. Eve
 command-line options or a run file followed by options that override it:
 
     serpent-train configs/train-tiny.yaml --max_steps 10
+    serpent-train configs/train-tiny.yaml --validation_file other.txt   # replaces validation_articles
+    serpent-train configs/train-tiny.yaml --unset validation_articles   # back to the default
+
+An option on the command line also removes the run file's options that choose the same thing
+another way (`ALTERNATIVES`), so the command line always wins.
 """
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -77,12 +82,30 @@ class ReportArguments:
     )
 
 
-def run_file_to_options(path):
-    """A YAML/JSON mapping {option: value} -> ["--option", "value", ...] for HfArgumentParser."""
+# Options that choose the same thing in different ways: given on the command line, one replaces the run
+# file's others (which the scripts would otherwise prefer silently).
+ALTERNATIVES = {
+    "validation_file": ("validation_articles",),
+    "validation_articles": ("validation_file",),
+    "tokenizer_name": ("train_tokenizer",),
+    "train_tokenizer": ("tokenizer_name",),
+    "dataset_name": ("train_file", "validation_file"),
+}
+
+
+def read_run_file(path):
+    """A YAML/JSON run file -> {option: value}."""
+    if not Path(path).is_file():
+        raise ValueError(f"run file {path} does not exist")
     with open(path, encoding="utf-8") as handle:
         values = yaml.safe_load(handle)  # JSON is YAML
     if not isinstance(values, dict):
         raise ValueError(f"run file {path} must hold a mapping of option names to values, got {type(values).__name__}")
+    return values
+
+
+def to_options(values):
+    """{option: value} -> ["--option", "value", ...] for HfArgumentParser (None values are left out)."""
     options = []
     for key, value in values.items():
         if value is None:
@@ -97,12 +120,39 @@ def run_file_to_options(path):
     return options
 
 
+def option_name(token):
+    """"--validation-file=x" -> "validation_file"; None for a value."""
+    return token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else None
+
+
+def take_unset(argv):
+    """argv -> (argv without `--unset NAME [NAME ...]`, the names)."""
+    kept, unset, unsetting = [], [], False
+    for token in argv:
+        if token == "--unset":
+            unsetting = True
+        elif unsetting and not token.startswith("-"):
+            unset.append(token.replace("-", "_"))
+        else:
+            unsetting = False
+            kept.append(token)
+    return kept, unset
+
+
 def parse_arguments(dataclass_types, argv=None):
     """Parse `argv` (default: sys.argv[1:]) into the dataclasses; a leading run file supplies defaults."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    values = {}
     if argv and argv[0].endswith(RUN_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        if not Path(argv[0]).is_file():
-            raise ValueError(f"run file {argv[0]} does not exist")
-        argv = run_file_to_options(argv[0]) + argv[1:]
+        values, argv = read_run_file(argv[0]), argv[1:]
+    argv, unset = take_unset(argv)
+    known = {f.name for cls in dataclass_types for f in fields(cls)}
+    for name in unset:
+        if name not in known:
+            raise ValueError(f"--unset {name}: no such option")
+        values.pop(name, None)
+    for name in filter(None, map(option_name, argv)):
+        for alternative in ALTERNATIVES.get(name, ()):
+            values.pop(alternative, None)
     parser = HfArgumentParser(dataclass_types)
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return parser.parse_args_into_dataclasses(args=to_options(values) + argv, look_for_args_file=False)

@@ -10,6 +10,7 @@ The blocks carry `labels = input_ids`; the model shifts them (position l predict
 as transformers' `run_clm.py` does. Every problem with the data is a ValueError that names it.
 """
 
+import codecs
 import re
 from itertools import chain
 from pathlib import Path
@@ -61,6 +62,38 @@ def _check_local_file(path, option):
         raise ValueError(f"{option} {path} is empty: there is no text to {'train' if option == '--train_file' else 'evaluate'} on")
 
 
+def first_invalid_utf8(path, chunk_size=1 << 20):
+    """(byte offset, byte value) of the first byte of the file at `path` that is not valid UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            pending = len(decoder.getstate()[0])  # an incomplete character carried over from the previous chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:  # error.object is the carried bytes followed by this chunk
+                return offset - pending + error.start, error.object[error.start]
+            offset += len(chunk)
+        pending = len(decoder.getstate()[0])
+        if pending:  # the file ends inside a character
+            return offset - pending, decoder.getstate()[0][0]
+    return None
+
+
+def _load_text_files(files, cache_dir):
+    """datasets' text loader, whose decoding error names neither the file nor the place: we find both."""
+    try:
+        return load_dataset("text", data_files=files, keep_linebreaks=True, cache_dir=cache_dir)
+    except Exception as error:  # datasets wraps the UnicodeDecodeError in a DatasetGenerationError
+        for split, path in files.items():
+            invalid = first_invalid_utf8(path)
+            if invalid is not None:
+                option = "--train_file" if split == "train" else "--validation_file"
+                raise ValueError(f"{option} {path} is not UTF-8 text: byte {invalid[1]:#04x} at offset {invalid[0]} "
+                                 "(convert it, e.g. with iconv -f latin1 -t utf-8)") from error
+        raise
+
+
 def _has_text(dataset):
     """True when some line holds a non-blank character (stops at the first such batch)."""
     return any(any(line.strip() for line in batch["text"]) for batch in dataset.iter(batch_size=1000))
@@ -78,7 +111,10 @@ def load_raw_text(data_args, cache_dir=None, need_train=True):
             files["validation"] = data_args.validation_file
         if need_train and "train" not in files:
             raise ValueError("--validation_file alone is not enough to train: give --train_file too")
-        raw = load_dataset("text", data_files=files, keep_linebreaks=True, cache_dir=cache_dir)
+        if data_args.validation_file and data_args.validation_articles is not None:
+            raise ValueError("--validation_file and --validation_articles both choose the evaluation text: give one "
+                             "(on the command line, either one replaces the other from a run file)")
+        raw = _load_text_files(files, cache_dir)
         source = data_args.train_file or data_args.validation_file
     else:
         name, config = data_args.dataset_name, data_args.dataset_config_name

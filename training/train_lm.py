@@ -20,6 +20,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from .data import (
     group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text, train_bpe_tokenizer,
@@ -44,6 +46,27 @@ def get_tokenizer(model_args, raw, training_args):
             texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
             train_bpe_tokenizer(texts, model_args.train_tokenizer).save_pretrained(training_args.output_dir)
     return AutoTokenizer.from_pretrained(training_args.output_dir)  # every process uses the same saved files
+
+
+def checkpoint_to_resume(resume, output_dir):
+    """--resume_from_checkpoint PATH, or "last"/"true" (the newest checkpoint-* in output_dir) -> the checkpoint
+    folder, or None. The Trainer starts a fresh optimizer without a word when the checkpoint holds no optimizer
+    state (a checkpoint saved with save_only_model, or copied without it): the run then differs from an
+    uninterrupted one, so say so."""
+    if resume is None:
+        return None
+    if resume.lower() in ("true", "last"):
+        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint {resume}: no checkpoint-* folder in --output_dir {output_dir}")
+    elif not Path(resume).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {resume} is not a checkpoint folder")
+    else:
+        checkpoint = resume
+    if not any("optim" in path.name for path in Path(checkpoint).rglob("*")):
+        logger.warning("%s holds no optimizer state: training resumes with a fresh optimizer (moments at zero), so it "
+                       "will not match an uninterrupted run", checkpoint)
+    return checkpoint
 
 
 def main(argv=None):
@@ -80,8 +103,7 @@ def main(argv=None):
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         selectivity_lr_multiplier=model_args.selectivity_lr_multiplier,
     )
-    resume = training_args.resume_from_checkpoint
-    resume = True if resume is not None and resume.lower() in ("true", "last") else resume
+    resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=IGNORE_KEYS)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
