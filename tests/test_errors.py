@@ -8,7 +8,7 @@ import torch
 
 from serpent_hf import SeRpEntConfig
 
-from .conftest import tiny_config, tiny_model
+from .conftest import selectivity_networks, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -88,10 +88,12 @@ def test_non_finite_inputs_embeds_are_named(model, value):
         model(inputs_embeds=embeds)
 
 
-def test_a_non_finite_delta_is_named(model):
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_a_non_finite_delta_is_named(delta_source):
     """NaN in θ_Δ's weights (a diverged run) makes Δ NaN; the clock cannot place a grid on it."""
+    model = tiny_model(delta_source=delta_source)
     with torch.no_grad():
-        model.model.layers[1].branches[2].resampler.selectivity.bias.fill_(float("nan"))
+        selectivity_networks(model.model)[-1].bias[-1] = float("nan")  # the last layer's κ = 0.25 branch
     with pytest.raises(ValueError, match=r"Δ is not finite .*rate 0.25"):
         model(torch.tensor([[5, 6, 7, 8]]))
 

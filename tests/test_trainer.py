@@ -27,12 +27,11 @@ def test_one_trainer_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
 
 
 def gradients_and_recomputations(model, ids):
-    """Every parameter's gradient after one backward pass, and how often each layer's first selectivity network ran
+    """Every parameter's gradient after one backward pass, and how often each layer's first compressed branch ran
     (a checkpointed layer runs its inside twice: once forward, once recomputed in the backward pass)."""
     runs = []
     for index, layer in enumerate(model.model.layers):
-        selectivity = layer.branches[1].resampler.selectivity
-        selectivity.register_forward_hook(lambda module, args, output, index=index: runs.append(index))
+        layer.branches[1].register_forward_hook(lambda module, args, output, index=index: runs.append(index))
     model(ids, labels=ids).loss.backward()
     gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
     return gradients, [runs.count(i) for i in range(len(model.model.layers))]
@@ -40,13 +39,17 @@ def gradients_and_recomputations(model, ids):
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_(en|dis)able` is deprecated:FutureWarning")
 @pytest.mark.parametrize("use_reentrant", [True, False])
-def test_gradient_checkpointing_by_transformers_recomputes_every_layer_and_gives_the_same_gradients(use_reentrant):
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_gradient_checkpointing_by_transformers_recomputes_every_layer_and_gives_the_same_gradients(
+    use_reentrant, delta_source
+):
     """The layers are transformers' GradientCheckpointingLayer, so gradient_checkpointing_enable/disable and their
-    options act on them as on any transformers model."""
+    options act on them as on any transformers model (θ_Δ's gradient too, whose logits enter the layers as inputs
+    in embedding mode)."""
     ids = torch.randint(3, 97, (2, 30))
-    expected, runs = gradients_and_recomputations(tiny_model(seed=4).train(), ids)
+    expected, runs = gradients_and_recomputations(tiny_model(seed=4, delta_source=delta_source).train(), ids)
     assert runs == [1, 1]
-    model = tiny_model(seed=4).train()
+    model = tiny_model(seed=4, delta_source=delta_source).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.model.layers)
     checkpointed = []

@@ -121,7 +121,7 @@ def test_a_run_file_option_is_unset_from_the_command_line(run_file):
 
 
 def test_two_choices_of_the_evaluation_text_are_a_clear_error(tmp_path):
-    from training.data import load_raw_text
+    from serpent_hf.training.data import load_raw_text
 
     args = DataArguments(train_file=str(CORPUS), validation_file=str(CORPUS), validation_articles=2)
     with pytest.raises(ValueError, match="--validation_file and --validation_articles both choose the evaluation text"):
@@ -129,7 +129,7 @@ def test_two_choices_of_the_evaluation_text_are_a_clear_error(tmp_path):
 
 
 def test_a_training_file_that_is_not_utf8_is_named_with_the_byte_offset(tmp_path, offline):
-    from training.data import first_invalid_utf8, load_raw_text
+    from serpent_hf.training.data import first_invalid_utf8, load_raw_text
 
     train_file = tmp_path / "latin1.txt"
     train_file.write_bytes("A first line\nCaf\u00e9 au lait \u00e9\n".encode("latin-1"))  # é is byte 0xE9 at offset 16
