@@ -43,25 +43,30 @@ HELD_OUT = 6
 STUDY = {"model_type": "serpent", "architectures": ["SeRpEntForCausalLM"], "vocab_size": 4096, "hidden_size": 128,
          "state_size": 16}
 SERPENT_4L = {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0, 0.5, 0.25]}
+EMBEDDING_IDENTITY = {**SERPENT_4L, "delta_source": "embedding", "projection_init": "identity"}
+SHARED_LR = ["--compressed_branch_lr_multiplier", "1"]  # the compressed branches at the shared learning rate
 ARMS = {
     "serpent": {"config": "configs/small.json"},
     "mamba": {"config": "configs/small-mamba.json"},
     "study-mamba-14L": {"config": {**STUDY, "num_hidden_layers": 14, "compression_rates": [1.0]}},
     "study-mamba-4L": {"config": {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0]}},
-    "study-serpent-hidden": {"config": {**SERPENT_4L, "delta_source": "hidden", "projection_init": "random"}},
-    "study-serpent-embedding": {"config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "random"}},
-    "study-serpent-identity": {"config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "identity"}},
-    "study-serpent-identity-lr10": {
-        "config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "identity"},
-        "options": ["--selectivity_lr_multiplier", "10"],
-    },
-    "study-serpent-identity-window4": {
-        "config": {**SERPENT_4L, "delta_source": "embedding", "delta_window": 4, "projection_init": "identity"},
-    },
-    "study-serpent-7L-narrow": {
-        "config": {**SERPENT_4L, "num_hidden_layers": 7, "expand": 1, "delta_source": "embedding",
-                   "projection_init": "identity"},
-    },
+    # Before the study: θ_Δ from the hidden state, a random concat projection, one learning rate for all.
+    "study-serpent-hidden": {"config": {**SERPENT_4L, "delta_source": "hidden", "projection_init": "random"},
+                             "options": SHARED_LR},
+    "study-serpent-embedding": {"config": {**SERPENT_4L, "delta_source": "embedding", "projection_init": "random"},
+                                "options": SHARED_LR},
+    "study-serpent-identity": {"config": EMBEDDING_IDENTITY, "options": SHARED_LR},
+    "study-serpent-identity-lr10": {"config": EMBEDDING_IDENTITY,
+                                    "options": SHARED_LR + ["--selectivity_lr_multiplier", "10"]},
+    "study-serpent-identity-window4": {"config": {**EMBEDDING_IDENTITY, "delta_window": 4}, "options": SHARED_LR},
+    "study-serpent-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1},
+                                "options": SHARED_LR},
+    # The fix: the compressed branches learn at 0.1x the learning rate (train_lm's default; training/trainer.py).
+    "study-serpent-slow": {"config": EMBEDDING_IDENTITY},
+    "study-serpent-slow-hidden": {"config": {**EMBEDDING_IDENTITY, "delta_source": "hidden"}},
+    "study-serpent-slow-random": {"config": {**EMBEDDING_IDENTITY, "projection_init": "random"}},
+    "study-serpent-slow-window4": {"config": {**EMBEDDING_IDENTITY, "delta_window": 4}},
+    "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
 }
 
 

@@ -69,3 +69,33 @@ def test_gradient_checkpointing_by_transformers_recomputes_every_layer_and_gives
     model.zero_grad()
     _, runs = gradients_and_recomputations(model, ids)
     assert runs == [1, 1]
+
+
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_serpent_trainer_gives_compressed_branches_and_selectivity_their_learning_rates(tmp_path, delta_source):
+    from serpent_hf.training.trainer import SeRpEntTrainer
+
+    model = tiny_model(seed=3, delta_source=delta_source).train()
+    ids = torch.randint(3, 97, (4, 48))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3,
+                             weight_decay=0.1, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                             disable_tqdm=True, lr_scheduler_type="constant")
+    trainer = SeRpEntTrainer(model=model, args=args, train_dataset=dataset, selectivity_lr_multiplier=10.0,
+                             compressed_branch_lr_multiplier=0.1)
+    trainer.train()
+    decayed = set(Trainer.get_decay_parameter_names(trainer, model))
+    learning_rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        expected = 1e-3
+        if "selectivity." in name:
+            expected = 1e-2
+        elif ".branches.1." in name or ".branches.2." in name:  # rates 0.5 and 0.25
+            expected = 1e-4
+        assert learning_rate[id(parameter)] == pytest.approx(expected), name
+        assert decay[id(parameter)] == (0.1 if name in decayed else 0.0), name  # the Trainer's own grouping, kept
+    assert len(learning_rate) == len(list(model.parameters()))  # every parameter is trained, once
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    m_over_l = logged["resampling/layer1_rate0.25_M_over_L"]
+    assert 0.25 <= m_over_l <= 1.0 and logged["resampling/layer1_rate0.25_delta_p5"] <= m_over_l + 1e-6

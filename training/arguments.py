@@ -43,6 +43,11 @@ class ModelArguments:
     selectivity_lr_multiplier: float = field(
         default=1.0, metadata={"help": "Learning rate of the selectivity networks θ_Δ relative to --learning_rate."}
     )
+    compressed_branch_lr_multiplier: float = field(
+        default=0.1,
+        metadata={"help": "Learning rate of the compressed branches (κ < 1: their SSM and resampling weights) relative "
+                  "to --learning_rate; at 1.0 Adam blows their output up early in training (training/trainer.py)."},
+    )
 
 
 @dataclass

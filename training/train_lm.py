@@ -102,6 +102,7 @@ def main(argv=None):
         data_collator=default_data_collator, compute_metrics=build_compute_metrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         selectivity_lr_multiplier=model_args.selectivity_lr_multiplier,
+        compressed_branch_lr_multiplier=model_args.compressed_branch_lr_multiplier,
     )
     resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=IGNORE_KEYS)

@@ -4,8 +4,17 @@
   log, per layer and branch: M/L (compressed samples per real token) and the spread of Δ (mean,
   5th and 95th percentile over the real tokens). At init Δ sits near its initial value for every
   token (close to fixed-stride pooling); these numbers show whether θ_Δ learns to tell tokens apart.
-* `selectivity_lr_multiplier` scales the learning rate of θ_Δ (every parameter of a `selectivity`
-  module) relative to the others', keeping the Trainer's weight-decay grouping and schedule.
+* Learning-rate multipliers for two groups of parameters, keeping the Trainer's weight-decay
+  grouping and schedule: `compressed_branch_lr_multiplier` for the branches with κ < 1 (their SSM
+  and resampling weights) and `selectivity_lr_multiplier` for θ_Δ (every `selectivity` module).
+
+Why compressed branches learn more slowly by default (0.1 in train_lm): at the shared learning
+rate, Adam drives a compressed branch's output up by three orders of magnitude within the first
+few dozen steps. Its output at position l is the SSM output of the last compressed sample, a
+smooth summary of the context whose gradient points the same way step after step, so Adam's
+normalised steps pile up; the branch learns a large, nearly constant vector (the unigram
+direction), which swamps the residual stream, and the model sits at a unigram-like loss for
+hundreds of steps (benchmarks/README.md, "Quality study").
 """
 
 from collections import defaultdict
@@ -39,10 +48,17 @@ def resampling_statistics(deltas, compressed_lengths, rates, valid=None):
     return statistics
 
 
+def compressed_branch_prefixes(config):
+    """Name fragments of the parameters of every branch with κ < 1: ".branches.{index}." per such branch."""
+    rates = getattr(config, "compression_rates", [1.0])
+    return tuple(f".branches.{index}." for index, rate in enumerate(rates) if rate < 1.0)
+
+
 class SeRpEntTrainer(Trainer):
-    def __init__(self, *args, selectivity_lr_multiplier=1.0, **kwargs):
+    def __init__(self, *args, selectivity_lr_multiplier=1.0, compressed_branch_lr_multiplier=1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.selectivity_lr_multiplier = selectivity_lr_multiplier
+        self.compressed_branch_lr_multiplier = compressed_branch_lr_multiplier
         self._statistics_sums, self._statistics_steps = defaultdict(float), 0
 
     def _resamples(self, model):
@@ -71,15 +87,22 @@ class SeRpEntTrainer(Trainer):
             self._statistics_sums, self._statistics_steps = defaultdict(float), 0
         super().log(logs, *args, **kwargs)
 
+    def learning_rate_multiplier(self, name):
+        """The multiplier of the parameter called `name` (1.0 for most)."""
+        if "selectivity." in name:
+            return self.selectivity_lr_multiplier
+        if any(prefix in name for prefix in compressed_branch_prefixes(self.model.config)):
+            return self.compressed_branch_lr_multiplier
+        return 1.0
+
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        if self.selectivity_lr_multiplier != 1.0:
-            names = {id(parameter): name for name, parameter in self.model.named_parameters()}
-            for group in list(optimizer.param_groups):
-                chosen = [p for p in group["params"] if "selectivity." in names.get(id(p), "")]
-                if chosen:
-                    group["params"] = [p for p in group["params"] if "selectivity." not in names.get(id(p), "")]
-                    optimizer.add_param_group(
-                        {**group, "params": chosen, "lr": group["lr"] * self.selectivity_lr_multiplier}
-                    )
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        for group in list(optimizer.param_groups):  # split each group by multiplier, before any step
+            by_multiplier = defaultdict(list)
+            for parameter in group["params"]:
+                by_multiplier[self.learning_rate_multiplier(names.get(id(parameter), ""))].append(parameter)
+            group["params"] = by_multiplier.pop(1.0, [])
+            for multiplier, parameters in by_multiplier.items():
+                optimizer.add_param_group({**group, "params": parameters, "lr": group["lr"] * multiplier})
         return optimizer
