@@ -74,3 +74,33 @@ def test_mamba_baselines_match_their_serpent_parameter_count():
         baseline_config = SeRpEntConfig.from_pretrained(CONFIGS / f"{name}-mamba.json")
         assert baseline_config.compression_rates == [1.0]
         assert abs(count(baseline_config) - serpent) / serpent < 0.02
+
+
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_delta_source_survives_save_and_load(tmp_path, delta_source):
+    # "embedding" is the default, which a config's diff against the defaults could leave out of config.json.
+    model = tiny_model(seed=3, delta_source=delta_source, delta_window=2 if delta_source == "embedding" else 1)
+    model.save_pretrained(tmp_path)
+    loaded = SeRpEntForCausalLM.from_pretrained(tmp_path).eval()
+    assert (loaded.config.delta_source, loaded.config.delta_window) == (delta_source, model.config.delta_window)
+    ids = torch.randint(3, 97, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_a_checkpoint_saved_before_delta_source_existed_loads_as_hidden_and_computes_what_it_computed(tmp_path):
+    import json
+
+    model = tiny_model(seed=4, delta_source="hidden")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("delta_source", "delta_window", "projection_init"):  # what such a config.json did not have
+        config.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.delta_source == "hidden"
+    ids = torch.randint(3, 97, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    # A config written by hand (no transformers_version) gets today's default.
+    assert SeRpEntConfig(**{k: v for k, v in config.items() if k != "transformers_version"}).delta_source == "embedding"
