@@ -48,6 +48,12 @@ SHARED_LR = ["--compressed_branch_lr_multiplier", "1"]  # the compressed branche
 ARMS = {
     "serpent": {"config": "configs/small.json"},
     "mamba": {"config": "configs/small-mamba.json"},
+    # `small` as it was before the study (the 0.141 at 400 steps), for a run of the old recipe.
+    "serpent-before-study": {"config": {"model_type": "serpent", "architectures": ["SeRpEntForCausalLM"],
+                                        "vocab_size": 4096, "hidden_size": 256, "num_hidden_layers": 4,
+                                        "state_size": 16, "compression_rates": [1.0, 0.5, 0.25],
+                                        "delta_source": "hidden", "projection_init": "random"},
+                             "options": ["--compressed_branch_lr_multiplier", "1"]},
     "study-mamba-14L": {"config": {**STUDY, "num_hidden_layers": 14, "compression_rates": [1.0]}},
     "study-mamba-4L": {"config": {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0]}},
     # Before the study: θ_Δ from the hidden state, a random concat projection, one learning rate for all.
