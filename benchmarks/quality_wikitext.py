@@ -72,6 +72,7 @@ ARMS = {
     "study-serpent-slow-hidden": {"config": {**EMBEDDING_IDENTITY, "delta_source": "hidden"}},
     "study-serpent-slow-random": {"config": {**EMBEDDING_IDENTITY, "projection_init": "random"}},
     "study-serpent-slow-window4": {"config": {**EMBEDDING_IDENTITY, "delta_window": 4}},
+    "study-serpent-slow-selectivity-lr10": {"config": EMBEDDING_IDENTITY, "options": ["--selectivity_lr_multiplier", "10"]},
     "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
 }
 

@@ -41,10 +41,11 @@ class SeRpEntConfig(PretrainedConfig):
         delta_window: with delta_source "embedding", θ_Δ reads the mean of the last W token embeddings
             (a causal window; 1 = the token's own embedding).
         delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate).
-        projection_init: initial concat projection of a block with several branches. "identity": the κ = 1
+        projection_init: initial concat projection of a block with several branches. "identity" (default): the κ = 1
             branch's share is the identity and the compressed branches' shares are zero, so a new block computes
             exactly the Mamba block it contains and the compressed branches grow in from there (without a κ = 1
-            branch, every share is I / branches); "random": normal(0, initializer_range), as any Linear.
+            branch, every share is I / branches); "random": normal(0, initializer_range), as any Linear (the
+            initialisation before the quality study, benchmarks/README.md).
         ssm_type: "mamba" (language modelling) or "s4d" (Long Range Arena).
         bidirectional: non-causal model for sequence classification: resampling windows on both sides of
             each grid point, and an S4D backend runs its kernel in both directions. No cache (use_cache is False).
@@ -78,7 +79,7 @@ class SeRpEntConfig(PretrainedConfig):
     delta_source: str = "embedding"
     delta_window: int = 1
     delta_bias_init: float = -3.0
-    projection_init: str = "random"
+    projection_init: str = "identity"
     ssm_type: str = "mamba"
     bidirectional: bool = False
     use_kernels: bool | None = None

@@ -45,7 +45,10 @@ def run_without_serpent_hf(program, *args, cwd, modules_cache):
 def tiny_config(**overrides):
     fields = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2, conv_kernel=4,
                   compression_rates=[1.0, 0.5, 0.25], num_neighbors=3, num_basis=4,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                  # Every branch reaches the output from the first step, as in a trained model (the default,
+                  # "identity", starts the compressed branches' shares at zero).
+                  projection_init="random")
     fields.update(overrides)
     return SeRpEntConfig(**fields)
 

@@ -104,3 +104,22 @@ def test_a_checkpoint_saved_before_delta_source_existed_loads_as_hidden_and_comp
         assert torch.equal(loaded(ids).logits, model(ids).logits)
     # A config written by hand (no transformers_version) gets today's default.
     assert SeRpEntConfig(**{k: v for k, v in config.items() if k != "transformers_version"}).delta_source == "embedding"
+
+
+def test_a_new_block_with_identity_projection_computes_the_mamba_block_it_contains():
+    """projection_init "identity": the compressed branches' shares start at zero, so a fresh SeRpEnt model is
+    exactly the Mamba model made of its κ = 1 branches (the same weights)."""
+    from .conftest import tiny_config
+
+    torch.manual_seed(5)
+    serpent = SeRpEntForCausalLM(tiny_config(projection_init="identity")).eval()
+    mamba = SeRpEntForCausalLM(tiny_config(compression_rates=[1.0])).eval()
+    state = {key: value for key, value in serpent.state_dict().items()
+             if ".branches.1." not in key and ".branches.2." not in key and ".projection." not in key
+             and "selectivity" not in key}
+    mamba.load_state_dict(state)
+    ids = torch.randint(3, 97, (2, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(serpent(ids).logits, mamba(ids).logits, atol=1e-5, rtol=1e-5)
+        projection = serpent.model.layers[0].projection.weight
+    assert torch.equal(projection[:, :32], torch.eye(32)) and not projection[:, 32:].any()
