@@ -95,8 +95,10 @@ def parse():
 
 
 def run_dir(output_dir, arm, seed, seeds):
-    """One seed keeps the layout of before (OUTPUT_DIR/ARM); several get OUTPUT_DIR/ARM/seedN."""
-    return output_dir / arm if len(seeds) == 1 else output_dir / arm / f"seed{seed}"
+    """One seed keeps the layout of before (OUTPUT_DIR/ARM) unless OUTPUT_DIR/ARM/seedN exists; several get
+    OUTPUT_DIR/ARM/seedN."""
+    seed_dir = output_dir / arm / f"seed{seed}"
+    return seed_dir if len(seeds) > 1 or seed_dir.is_dir() else output_dir / arm
 
 
 def model_config_path(arm, directory):
@@ -210,15 +212,16 @@ def main():
     output_dir = Path(args.output_dir)
     if not args.summarise_only:
         train(args, data, output_dir)
-    runs = {arm: [summarise(run_dir(output_dir, arm, seed, args.seeds), args.batch_size, args.block_size)
-                  for seed in args.seeds] for arm in args.arms}
-    tokenizers = {(run_dir(output_dir, arm, seed, args.seeds) / "tokenizer.json").read_bytes()
-                  for arm in args.arms for seed in args.seeds}
+    # Every finished run; with --summarise_only an arm may have fewer seeds than asked (the report counts them).
+    finished = {arm: [run_dir(output_dir, arm, seed, args.seeds) for seed in args.seeds] for arm in args.arms}
+    finished = {arm: [d for d in dirs if (d / "eval_results.json").is_file()] for arm, dirs in finished.items()}
+    runs = {arm: [summarise(d, args.batch_size, args.block_size) for d in dirs] for arm, dirs in finished.items() if dirs}
+    tokenizers = {(d / "tokenizer.json").read_bytes() for dirs in finished.values() for d in dirs}
     results = {"data": str(data), "articles": len(articles), "train_articles": len(articles) - HELD_OUT,
                "eval_articles": HELD_OUT, "tokenizer": "byte-level BPE, 4096 entries, trained on the train articles",
                "same_tokenizer": len(tokenizers) == 1, "options": vars(args),
                "arms": {arm: aggregate(arm_runs) for arm, arm_runs in runs.items()}, "runs": runs}
-    baseline = args.baseline or next((arm for arm in reversed(args.arms) if "mamba" in arm), None)
+    baseline = args.baseline or next((arm for arm in reversed(list(runs)) if "mamba" in arm), None)
     if baseline is not None:
         results["baseline"] = baseline
         results["minus_baseline"] = compare(results["arms"], baseline)
