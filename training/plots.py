@@ -75,9 +75,9 @@ def plot_study(results, path):
         curves = [run["eval_curve"] for run in results["runs"][name]]
         steps = [step for step, _, _ in curves[0]]
         losses = np.mean([[loss for _, loss, _ in curve] for curve in curves], axis=0)
-        right.plot(steps, losses, "o-", color=f"C{index}", label=name)
+        right.plot(steps, losses, "o-", color=plt.cm.tab20(index % 20), label=name)  # 20 distinct colours
     right.set(xlabel="step", ylabel="held-out cross-entropy (nats / token)", title="Held-out loss (mean over seeds)")
-    right.legend(fontsize=7)
+    right.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()
