@@ -27,9 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import serpent_hf  # noqa: F401  (registers SeRpEnt with the Auto classes)
 from serpent_hf.compat import CACHE_NAME
-from serpent_hf.training.data import split_articles
 
-HELD_OUT = 6  # the last articles of the validation file, as in quality_wikitext.py
+from quality_wikitext import HELD_OUT, read_articles  # the same held-out articles as the quality study
 
 
 def parse():
@@ -102,9 +101,7 @@ def measure(checkpoint, text, length, sequences):
 
 def main():
     args = parse()
-    data = Path(args.data)
-    data = data / "wiki.valid.tokens" if data.is_dir() else data
-    articles = split_articles(data.read_text(encoding="utf-8").splitlines(keepends=True))
+    _, articles = read_articles(args.data)
     text = "".join(line for article in articles[-HELD_OUT:] for line in article)
     results = {"length": args.length, "machine": "cpu", "torch": torch.__version__,
                "checkpoints": [measure(path, text, args.length, args.sequences) for path in args.checkpoints]}

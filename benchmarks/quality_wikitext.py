@@ -77,6 +77,15 @@ ARMS = {
 }
 
 
+def read_articles(path):
+    """The WikiText file at `path` (the wikitext-103-v1 folder or its wiki.valid.tokens) -> (file, its articles)."""
+    data = Path(path)
+    data = data / "wiki.valid.tokens" if data.is_dir() else data
+    if not data.is_file():
+        raise ValueError(f"{data} does not exist: give the wikitext-103-v1 folder or its wiki.valid.tokens")
+    return data, split_articles(data.read_text(encoding="utf-8").splitlines(keepends=True))
+
+
 def parse():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="wiki.valid.tokens of wikitext-103-v1, or the folder holding it")
@@ -203,11 +212,7 @@ def compare(arms, baseline):
 
 def main():
     args = parse()
-    data = Path(args.data)
-    data = data / "wiki.valid.tokens" if data.is_dir() else data
-    if not data.is_file():
-        raise ValueError(f"{data} does not exist: give the wikitext-103-v1 folder or its wiki.valid.tokens")
-    articles = split_articles(data.read_text(encoding="utf-8").splitlines(keepends=True))
+    data, articles = read_articles(args.data)
     print(f"{data}: {len(articles)} articles -> {len(articles) - HELD_OUT} train, the last {HELD_OUT} held out")
     output_dir = Path(args.output_dir)
     if not args.summarise_only:

@@ -85,11 +85,14 @@ class EmbeddingSelectivity(nn.Module):
         the module, not `step`, so that hooks on it run (accelerate's offloading loads the weights in one)."""
         if decoding_step:
             return self.step(embeddings, state)
-        scores = self.scores(embeddings, valid)
+        return self.window_logits(self.scores(embeddings, valid), state)
+
+    def window_logits(self, scores, state):
+        """scores (b, l, P) of new tokens, state of the tokens before (None: a fresh sequence)
+        -> logits (b, l, P) and the state after them (None for W = 1)."""
         if self.window == 1:
             return scores + self.bias.double(), None
-        batch, length = scores.shape[:2]
-        previous = self.empty_state(batch, scores.device) if state is None else state
+        previous = self.empty_state(scores.shape[0], scores.device) if state is None else state
         history = torch.cat([previous, scores], dim=1)  # (b, W-1 + l, P)
         # A sum of W exact integers is exact in any order; unfold keeps it to W terms (a running
         # cumsum over the whole sequence could outgrow float64's exact range).
@@ -97,10 +100,9 @@ class EmbeddingSelectivity(nn.Module):
         return self.bias.double() + window_sum / self.window, history[:, -(self.window - 1) :]
 
     def step(self, embeddings, state):
-        """One token: embeddings (b, d) -> logits (b, P); `state` (or None for W = 1) advanced in place."""
-        scores = self.scores(embeddings)
-        if self.window == 1:
-            return scores + self.bias.double()
-        window_sum = torch.cat([state, scores.unsqueeze(1)], dim=1).sum(1)
-        state.copy_(torch.cat([state[:, 1:], scores.unsqueeze(1)], dim=1))
-        return self.bias.double() + window_sum / self.window
+        """One token: embeddings (b, d) -> logits (b, P); `state` (or None for W = 1) advanced in place (a captured
+        CUDA graph keeps pointing at it)."""
+        logits, new_state = self.window_logits(self.scores(embeddings).unsqueeze(1), state)
+        if state is not None:
+            state.copy_(new_state)
+        return logits[:, 0]
