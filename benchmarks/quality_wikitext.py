@@ -39,7 +39,8 @@ HELD_OUT = 6
 # An arm is a model config (a file in configs/, or a dict written into the run) plus extra train_lm options.
 # "serpent" and "mamba" are the shipped `small` and `small-mamba`. The study-* arms are the quality study of
 # benchmarks/README.md at hidden size 128 (a quarter of `small`'s compute per token, so that three seeds of
-# every arm fit a 2-core machine); every SeRpEnt arm and study-mamba-14L hold 2.1M parameters within 2%.
+# every arm fit a 2-core machine); every SeRpEnt arm and study-mamba-14L hold 2.1M parameters within 2%,
+# except the linear operator's, whose equal-size Mamba is study-mamba-18L.
 STUDY = {"model_type": "serpent", "architectures": ["SeRpEntForCausalLM"], "vocab_size": 4096, "hidden_size": 128,
          "state_size": 16}
 SERPENT_4L = {**STUDY, "num_hidden_layers": 4, "compression_rates": [1.0, 0.5, 0.25]}
@@ -74,6 +75,12 @@ ARMS = {
     "study-serpent-slow-window4": {"config": {**EMBEDDING_IDENTITY, "delta_window": 4}},
     "study-serpent-slow-selectivity-lr10": {"config": EMBEDDING_IDENTITY, "options": ["--selectivity_lr_multiplier", "10"]},
     "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
+    # The compression operator: a linear map across channels (one d x d matrix per basis function) against the
+    # per-channel gate. With G = 4 basis functions it holds 2.65M parameters, so its equal-size Mamba has 18
+    # layers (2.62M); the gate at G = 4 separates the operator from the smaller basis.
+    "study-mamba-18L": {"config": {**STUDY, "num_hidden_layers": 18, "compression_rates": [1.0]}},
+    "study-serpent-slow-basis4": {"config": {**EMBEDDING_IDENTITY, "num_basis": 4}},
+    "study-serpent-slow-linear": {"config": {**EMBEDDING_IDENTITY, "num_basis": 4, "compression_operator": "linear"}},
 }
 
 

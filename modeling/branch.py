@@ -55,6 +55,7 @@ class Branch(nn.Module):
                 causal=causal,
                 delta_bias_init=config.delta_bias_init,
                 delta_from_input=config.delta_source == "hidden",
+                compression_operator=config.compression_operator,
             )
 
     def empty_state(self, batch_size, device, dtype=torch.float32):

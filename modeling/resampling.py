@@ -6,9 +6,12 @@ For one branch with compression rate κ (kappa) in (0, 1):
     t_l   = Δ_1 + ... + Δ_l                          clock, float64
     M     = floor(t_L)                               compressed length, floor(κ·L) <= M <= L
     e_j   = min{ l : t_l >= j }                      emitter of sample j (each element emits at most one)
-    x~_j  = Σ_{n = e_j-K+1 .. e_j}  a(j - t_n) ⊙ x_n           compression over K neighbours
+    x~_j  = Σ_{n = e_j-K+1 .. e_j}  a(j - t_n) ⊙ x_n           compression over K neighbours ("gate")
     y_l   = c(t_l - m_l) ⊙ y~_{m_l},   m_l = floor(t_l)         decompression (0 when m_l = 0)
     a(δ)  = W_a · φ(δ) + b_a,   c(δ) = W_c · ψ(δ) + b_c           learnable Gaussian bases
+
+With compression_operator "linear" the neighbours are mixed across channels instead of gated per channel:
+    x~_j  = Σ_n A(j - t_n) x_n,    A(δ) = Σ_g φ_g(δ) W_g + diag(b_a)    one d × d matrix W_g per basis function
 
 The bidirectional variant (classification) builds x~_j from the K real elements nearest to
 s_j = j in time, on both sides, and decompresses from the nearest grid point,
@@ -46,15 +49,19 @@ class GaussianBasis(nn.Module):
         super().__init__()
         self.centers = nn.Parameter(torch.empty(num_basis))
         self.log_widths = nn.Parameter(torch.empty(num_basis))
-        self.weight = nn.Parameter(torch.empty(channels, num_basis))
+        self.weight = nn.Parameter(torch.empty(self.weight_shape(num_basis, channels)))
         self.bias = nn.Parameter(torch.empty(channels))
         self.low, self.high, self.bias_value = low, high, bias_value
         with torch.no_grad():
             for name, value in self.initial_parameters().items():
                 self.get_parameter(name).copy_(value)
 
+    @staticmethod
+    def weight_shape(num_basis, channels):
+        return (channels, num_basis)
+
     def initial_parameters(self):
-        num_basis, channels = self.weight.shape[1], self.weight.shape[0]
+        num_basis, channels = self.centers.shape[0], self.bias.shape[0]
         spacing = (self.high - self.low) / max(num_basis - 1, 1)
         return {
             "centers": torch.linspace(self.low, self.high, num_basis),
@@ -63,10 +70,43 @@ class GaussianBasis(nn.Module):
             "bias": torch.full((channels,), float(self.bias_value)),
         }
 
+    def features(self, gaps):
+        """gaps (...) float -> φ (..., G)."""
+        return torch.exp(-0.5 * ((gaps.unsqueeze(-1) - self.centers) / self.log_widths.exp()) ** 2)
+
     def forward(self, gaps):
         """gaps (...) float -> (..., channels)."""
-        features = torch.exp(-0.5 * ((gaps.unsqueeze(-1) - self.centers) / self.log_widths.exp()) ** 2)
-        return F.linear(features, self.weight, self.bias)
+        return F.linear(self.features(gaps), self.weight, self.bias)
+
+    def combine(self, gaps, neighbors):
+        """The compressed sample Σ_n a(δ_n) ⊙ x_n: gaps (..., K), neighbors (..., K, d) -> (..., d)."""
+        return (self(gaps) * neighbors).sum(dim=-2)
+
+
+class ChannelMixingBasis(GaussianBasis):
+    """The "linear" compression operator: A(δ) = Σ_g φ_g(δ) W_g + diag(b), a d × d map per gap.
+
+    Σ_n A(δ_n) x_n is computed as Σ_g W_g (Σ_n φ_g(δ_n) x_n): the per-basis sums first, then one product with
+    the G matrices side by side, so the cost over the gate is one (G·d -> d) product per sample.
+    """
+
+    @staticmethod
+    def weight_shape(num_basis, channels):
+        return (channels, num_basis, channels)
+
+    def initial_parameters(self):
+        channels, num_basis = self.bias.shape[0], self.centers.shape[0]
+        # Each W_g x_n starts with the spread of the gate's a(δ) ⊙ x_n (0.02 per channel at unit inputs).
+        weight = torch.randn(channels, num_basis, channels) * 0.02 / math.sqrt(channels)
+        return {**super().initial_parameters(), "weight": weight}
+
+    def forward(self, gaps):
+        raise TypeError("the linear compression operator is a matrix per gap: call combine(gaps, neighbors)")
+
+    def combine(self, gaps, neighbors):
+        per_basis = torch.einsum("...kg,...kd->...gd", self.features(gaps), neighbors)
+        mixed = F.linear(per_basis.flatten(-2), self.weight.flatten(1))
+        return mixed + self.bias * neighbors.sum(dim=-2)
 
 
 class SelectivityNetwork(nn.Module):
@@ -137,9 +177,10 @@ def _rows(tensor, index):
 class SelectiveResampler(nn.Module):
     def __init__(
         self, hidden_size, compression_rate, num_neighbors, num_basis, causal=True, delta_bias_init=-3.0,
-        delta_from_input=True,
+        delta_from_input=True, compression_operator="gate",
     ):
-        """delta_from_input: θ_Δ reads this resampler's input (delta_source "hidden"); otherwise the caller passes
+        """compression_operator: "gate" (a(δ) ⊙ x_n) or "linear" (A(δ) x_n, see the top of this file).
+        delta_from_input: θ_Δ reads this resampler's input (delta_source "hidden"); otherwise the caller passes
         θ_Δ's logits from the token embeddings (selectivity.py) and the resampler has no θ_Δ of its own."""
         super().__init__()
         if not 0.0 < compression_rate < 1.0:
@@ -151,13 +192,14 @@ class SelectiveResampler(nn.Module):
         self.min_delta = math.ceil(compression_rate / CLOCK_QUANTUM) * CLOCK_QUANTUM
         self.selectivity = SelectivityNetwork(hidden_size, delta_bias_init) if delta_from_input else None  # θ_Δ
         gap_range = (-1.0, float(num_neighbors)) if causal else (-num_neighbors / 2 - 1.0, num_neighbors / 2 + 1.0)
-        self.compression_basis = GaussianBasis(num_basis, hidden_size, *gap_range, bias_value=1.0 / num_neighbors)
+        operator = {"gate": GaussianBasis, "linear": ChannelMixingBasis}[compression_operator]
+        self.compression_basis = operator(num_basis, hidden_size, *gap_range, bias_value=1.0 / num_neighbors)
         self.decompression_basis = GaussianBasis(
             num_basis, hidden_size, *((0.0, 1.0) if causal else (-0.5, 0.5)), bias_value=1.0
         )
 
     def empty_state(self, batch_size, device, dtype=torch.float32):
-        hidden = self.compression_basis.weight.shape[0]
+        hidden = self.compression_basis.bias.shape[0]
         zeros64 = torch.zeros(batch_size, device=device, dtype=torch.float64)
         return ResamplingState(
             neighbor_inputs=torch.zeros(batch_size, self.num_neighbors, hidden, device=device, dtype=dtype),
@@ -215,11 +257,10 @@ class SelectiveResampler(nn.Module):
             inputs, all_times = x, times
             index, in_range = nearest_neighbors(times, grid, K)
         neighbors = _rows(inputs, index)  # (b, M, K, d)
-        gaps = (grid.unsqueeze(-1) - _rows(all_times, index)).to(x.dtype)
-        weights = self.compression_basis(gaps)
         if in_range is not None:
-            weights = weights * in_range.unsqueeze(-1)
-        samples = (weights * neighbors).sum(dim=2) * sample_valid.unsqueeze(-1)
+            neighbors = neighbors * in_range.unsqueeze(-1)
+        gaps = (grid.unsqueeze(-1) - _rows(all_times, index)).to(x.dtype)
+        samples = self.compression_basis.combine(gaps, neighbors) * sample_valid.unsqueeze(-1)
         return samples, sample_valid, new_counts
 
     def decompress(self, outputs, times, state, new_counts):
@@ -270,7 +311,7 @@ class SelectiveResampler(nn.Module):
         Rows that did not emit get a value that the caller discards.
         """
         gaps = (state.emitted.unsqueeze(-1) - state.neighbor_times).to(state.neighbor_inputs.dtype)
-        return torch.linalg.vecdot(self.compression_basis(gaps), state.neighbor_inputs, dim=1)
+        return self.compression_basis.combine(gaps, state.neighbor_inputs)
 
     def step_decompress(self, state):
         """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m.

@@ -46,6 +46,10 @@ class SeRpEntConfig(PretrainedConfig):
             exactly the Mamba block it contains and the compressed branches grow in from there (without a κ = 1
             branch, every share is I / branches); "random": normal(0, initializer_range), as any Linear (the
             initialisation before the quality study, benchmarks/README.md).
+        compression_operator: how a compressed sample combines its K neighbours. "gate" (default): a(δ) ⊙ x_n, a
+            per-channel weight from the Gaussian basis; "linear": A(δ) x_n with A(δ) = Σ_g φ_g(δ) W_g + diag(b), one
+            d × d matrix per basis function (G·d² more parameters per compressed branch; the quality study's
+            operator arm, benchmarks/README.md).
         ssm_type: "mamba" (language modelling) or "s4d" (Long Range Arena).
         bidirectional: non-causal model for sequence classification: resampling windows on both sides of
             each grid point, and an S4D backend runs its kernel in both directions. No cache (use_cache is False).
@@ -80,6 +84,7 @@ class SeRpEntConfig(PretrainedConfig):
     delta_window: int = 1
     delta_bias_init: float = -3.0
     projection_init: str = "identity"
+    compression_operator: str = "gate"
     ssm_type: str = "mamba"
     bidirectional: bool = False
     use_kernels: bool | None = None
@@ -178,6 +183,10 @@ class SeRpEntConfig(PretrainedConfig):
         if self.projection_init not in ("identity", "random"):
             raise ValueError(
                 f"SeRpEntConfig.projection_init must be 'identity' or 'random', got {self.projection_init!r}"
+            )
+        if self.compression_operator not in ("gate", "linear"):
+            raise ValueError(
+                f"SeRpEntConfig.compression_operator must be 'gate' or 'linear', got {self.compression_operator!r}"
             )
         if self.ssm_type not in ("mamba", "s4d"):
             raise ValueError(f"SeRpEntConfig.ssm_type must be 'mamba' or 's4d', got {self.ssm_type!r}")
