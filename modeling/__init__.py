@@ -3,7 +3,6 @@
 Read in this order, which is the order of DESIGN.md:
     scan.py          the selective scan (reference, linear-time forward and backward)
     kernels.py       dispatch to mamba-ssm's CUDA kernels when they can run
-    decoding.py      a decoding step's matrix products on a CPU (transposed weight copies)
     mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
     s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
@@ -13,18 +12,27 @@ Read in this order, which is the order of DESIGN.md:
     state.py         recurrent state for generation
 """
 
-from .block import ConcatProjection, RMSNorm, SeRpEntBlock
-from .branch import Branch, BranchStatistics
-from .decoding import decoding_linear
+from .block import BlockOutput, ConcatProjection, RMSNorm, SeRpEntBlock
+from .branch import Branch, BranchOutput, BranchStatistics
 from .mamba_mixer import MambaMixer
-from .resampling import CLOCK_QUANTUM, GaussianBasis, SelectiveResampler, SelectivityNetwork
+from .resampling import (
+    CLOCK_QUANTUM,
+    ChannelMixingBasis,
+    GaussianBasis,
+    ResamplingPlan,
+    SelectiveResampler,
+    SelectivityNetwork,
+)
 from .s4d import S4DMixer
 from .selectivity import EmbeddingSelectivity
 from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
     "CLOCK_QUANTUM",
+    "BlockOutput",
     "Branch",
+    "BranchOutput",
+    "ChannelMixingBasis",
     "ConcatProjection",
     "EmbeddingSelectivity",
     "BranchState",
@@ -33,11 +41,11 @@ __all__ = [
     "MambaMixer",
     "MixerState",
     "RMSNorm",
+    "ResamplingPlan",
     "ResamplingState",
     "S4DMixer",
     "S4DState",
     "SeRpEntBlock",
     "SelectiveResampler",
     "SelectivityNetwork",
-    "decoding_linear",
 ]

@@ -6,12 +6,13 @@ With a single branch the concat projection is absent and the block is exactly a 
 (norm, mixer, residual), which is the baseline every comparison uses.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .branch import Branch
-from .decoding import decoding_linear
 
 
 class RMSNorm(nn.Module):
@@ -30,6 +31,15 @@ class ConcatProjection(nn.Linear):
     can tell it from the other Linears."""
 
 
+class BlockOutput(NamedTuple):
+    """What a block returns, from a forward pass ((b, l, d)) and from a decoding step ((b, d)): the block's
+    output, every branch's BranchState (None when not asked for) and every branch's BranchStatistics."""
+
+    hidden_states: torch.Tensor
+    states: list | None
+    statistics: list
+
+
 class SeRpEntBlock(nn.Module):
     def __init__(self, config, causal=True):
         super().__init__()
@@ -43,15 +53,6 @@ class SeRpEntBlock(nn.Module):
     def empty_state(self, batch_size, device, dtype=torch.float32):
         return [branch.empty_state(batch_size, device, dtype) for branch in self.branches]
 
-    def _combine(self, residual, outputs, decoding=False):
-        mixed = outputs[0]
-        if self.projection is not None:
-            concat = torch.cat(outputs, dim=-1)
-            mixed = decoding_linear(self.projection, concat) if decoding else self.projection(concat)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        return (residual + mixed).to(outputs[0].dtype)
-
     def branch_logits(self, logits):
         """θ_Δ's logits for every branch: logits (..., C) for the C compressed branches in order (or None) ->
         a list with one (...) tensor per compressed branch and None for the κ = 1 branch."""
@@ -61,28 +62,22 @@ class SeRpEntBlock(nn.Module):
         return [None if branch.resampler is None else next(columns) for branch in self.branches]
 
     def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False, logits=None):
-        """hidden_states (b, l, d) -> (b, l, d), list of BranchState (or None), list of BranchStatistics.
+        """hidden_states (b, l, d) -> BlockOutput: (b, l, d), list of BranchState (or None), list of BranchStatistics.
 
         logits (b, l, C) float64: θ_Δ's for the C compressed branches, from the token embeddings (delta_source
         "embedding"); None when each branch's θ_Δ reads the block's input ("hidden").
-        With decoding_step=True: one element (b, d) -> (b, d), `state` advanced in place (`step`). Decoding calls
-        the block, not `step`, so that hooks on it run (accelerate places and offloads weights with hooks).
+        With decoding_step=True: one element (b, d) -> BlockOutput with (b, d); `state` is advanced in place.
+        Decoding calls the block and the block calls its branches, so that hooks on them run (accelerate places
+        and offloads weights with hooks).
         """
-        if decoding_step:
-            return self.step(hidden_states, state, logits)
         x = self.norm(hidden_states)
-        outputs, states, statistics = [], [], []
+        outputs = []
         for index, (branch, branch_logits) in enumerate(zip(self.branches, self.branch_logits(logits))):
             previous = None if state is None else state[index]
-            y, branch_state, stats = branch(x, valid, previous, return_state, branch_logits)
-            outputs.append(y)
-            states.append(branch_state)
-            statistics.append(stats)
-        return self._combine(hidden_states, outputs), (states if return_state else None), statistics
-
-    def step(self, hidden_states, state, logits=None):
-        """hidden_states (b, d) -> (b, d); `state` (list of BranchState) is advanced in place; logits (b, C) or None."""
-        x = self.norm(hidden_states)
-        per_branch = zip(self.branches, state, self.branch_logits(logits))
-        outputs = [branch.step(x, branch_state, branch_logits) for branch, branch_state, branch_logits in per_branch]
-        return self._combine(hidden_states, outputs, decoding=True)
+            outputs.append(branch(x, valid, previous, return_state or decoding_step, branch_logits, decoding_step))
+        mixed = outputs[0].output
+        if self.projection is not None:
+            mixed = self.projection(torch.cat([output.output for output in outputs], dim=-1))
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        states = [output.state for output in outputs] if (return_state or decoding_step) else None
+        return BlockOutput((residual + mixed).to(mixed.dtype), states, [output.statistics for output in outputs])

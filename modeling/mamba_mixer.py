@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoding import decoding_copy, decoding_linear, uses_copies
 from .kernels import (
     causal_conv_dispatch,
     conv_step_dispatch,
@@ -161,25 +160,16 @@ class MambaMixer(nn.Module):
         window = last.unsqueeze(-1) + 1 + torch.arange(self.conv_kernel, device=valid.device)  # (b, k)
         return full.transpose(1, 2).gather(1, window.unsqueeze(-1).expand(-1, -1, full.shape[1]))
 
-    def _decoding_A(self, x):
-        """A (d_inner, n) float32 for a decoding step on x: on a CPU, a view of Aᵀ kept until A_log changes
-        (decoding.py)."""
+    def step(self, hidden_states, state):
+        """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
         if self.A_log.is_meta:
             raise RuntimeError(
                 "the mixer's parameters are offloaded (on the meta device) and only a call of the mixer loads "
                 "them: step through mixer(x, state=state, decoding_step=True), not mixer.step"
             )
-        if not uses_copies(x, [self.A_log]):
-            return -torch.exp(self.A_log.float())
-        return decoding_copy(
-            self, "A_transposed", [self.A_log], lambda A_log: (-torch.exp(A_log.float())).t().contiguous()
-        ).t()
-
-    def step(self, hidden_states, state):
-        """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
-        A = self._decoding_A(hidden_states)
-        x, z = decoding_linear(self.in_proj, hidden_states).chunk(2, dim=-1)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
+        A = -torch.exp(self.A_log.float())
         y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
-        return decoding_linear(self.out_proj, y.to(hidden_states.dtype) * F.silu(z))
+        return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))

@@ -30,6 +30,7 @@ same code serves the full forward pass, prefill and a cached multi-token continu
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +175,26 @@ def _rows(tensor, index):
     return tensor[batch, index]
 
 
+@dataclass
+class ResamplingPlan:
+    """One chunk's resampling, decided before any sample is built (SelectiveResampler.plan).
+
+    previous     ResamplingState after the chunk before (empty for a fresh sequence)
+    deltas       Δ (b, l) float64, 0 on padding
+    times        t (b, l) float64, the absolute clock after each element
+    grid         (b, M) float64: the grid points j of the new samples (M: the most new samples of any row)
+    sample_valid (b, M) bool: False past a row's own new samples
+    new_counts   (b,) long: new samples per row
+    """
+
+    previous: ResamplingState
+    deltas: torch.Tensor
+    times: torch.Tensor
+    grid: torch.Tensor
+    sample_valid: torch.Tensor
+    new_counts: torch.Tensor
+
+
 class SelectiveResampler(nn.Module):
     def __init__(
         self, hidden_size, compression_rate, num_neighbors, num_basis, causal=True, delta_bias_init=-3.0,
@@ -222,88 +243,95 @@ class SelectiveResampler(nn.Module):
             delta = delta * valid
         return delta
 
-    def compress(self, x, times, state):
-        """x (b, l, d) with padding zeroed; times (b, l) float64 (absolute clock) -> samples (b, M, d), valid (b, M).
-
-        Also returns the number of new samples per row (b,) long.
-        """
-        batch, length, _ = x.shape
-        K = self.num_neighbors
-        end_clock = times[:, -1] if length > 0 else state.clock
-        if self.causal:
-            total = torch.floor(end_clock)
-        else:
-            total = torch.floor(end_clock).clamp(min=1.0)
-        new_counts = (total - state.emitted).long()
+    def plan(self, x, valid=None, logits=None, previous=None):
+        """Where a chunk's elements fall on the clock and which samples it emits: the ResamplingPlan that
+        compress, decompress and advance read. x (b, l, d) with padding zeroed; previous: the state after the
+        chunk before (None: a fresh sequence)."""
+        batch, length = x.shape[:2]
+        if previous is None:
+            previous = self.empty_state(batch, x.device, x.dtype)
+        deltas = self.deltas(x, valid, logits)
+        times = previous.clock.unsqueeze(-1) + torch.cumsum(deltas, dim=-1)
+        end_clock = times[:, -1] if length > 0 else previous.clock
+        total = torch.floor(end_clock) if self.causal else torch.floor(end_clock).clamp(min=1.0)
+        new_counts = (total - previous.emitted).long()
         width, finite = 0, True
         if batch > 0:  # the one host synchronisation of the branch
             width, finite = torch.stack([new_counts.max(), torch.isfinite(end_clock).all().long()]).tolist()
         if not finite:
             raise ValueError(f"Δ is not finite (NaN or Inf) in the resampling branch at rate {self.compression_rate}: "
                              "its input or its selectivity network θ_Δ holds NaN or Inf")
-        grid = state.emitted.unsqueeze(-1) + torch.arange(1, width + 1, device=x.device, dtype=torch.float64)
+        grid = previous.emitted.unsqueeze(-1) + torch.arange(1, width + 1, device=x.device, dtype=torch.float64)
         sample_valid = torch.arange(width, device=x.device) < new_counts.unsqueeze(-1)
+        return ResamplingPlan(previous, deltas, times, grid, sample_valid, new_counts)
+
+    def compress(self, x, plan):
+        """x (b, l, d) with padding zeroed -> samples x~ (b, M, d), zero where plan.sample_valid is False."""
+        batch, length, _ = x.shape
+        K, grid, previous = self.num_neighbors, plan.grid, plan.previous
         if length == 0:  # an empty chunk: nothing to gather (a causal one emits nothing)
-            return x.new_zeros(batch, width, x.shape[-1]), sample_valid, new_counts
+            return x.new_zeros(batch, grid.shape[1], x.shape[-1])
         if self.causal:
             # Emitter e_j: the first element whose time reaches grid point j.
-            first = torch.searchsorted(times.contiguous(), grid.contiguous(), side="left")
+            first = torch.searchsorted(plan.times.contiguous(), grid.contiguous(), side="left")
             # Neighbour window e_j-K+1 .. e_j, in coordinates of [K remembered elements, x]: always in range.
-            inputs = torch.cat([state.neighbor_inputs, x], dim=1)
-            all_times = torch.cat([state.neighbor_times, times], dim=1)
+            inputs = torch.cat([previous.neighbor_inputs, x], dim=1)
+            all_times = torch.cat([previous.neighbor_times, plan.times], dim=1)
             index = first.clamp(max=length - 1).unsqueeze(-1) + K - torch.arange(K, device=x.device)
             in_range = None
         else:
-            inputs, all_times = x, times
-            index, in_range = nearest_neighbors(times, grid, K)
+            inputs, all_times = x, plan.times
+            index, in_range = nearest_neighbors(plan.times, grid, K)
         neighbors = _rows(inputs, index)  # (b, M, K, d)
         if in_range is not None:
             neighbors = neighbors * in_range.unsqueeze(-1)
         gaps = (grid.unsqueeze(-1) - _rows(all_times, index)).to(x.dtype)
-        samples = self.compression_basis.combine(gaps, neighbors) * sample_valid.unsqueeze(-1)
-        return samples, sample_valid, new_counts
+        return self.compression_basis.combine(gaps, neighbors) * plan.sample_valid.unsqueeze(-1)
 
-    def decompress(self, outputs, times, state, new_counts):
-        """outputs (b, M, d) from the SSM; times (b, l) -> (b, l, d), and the new last_output (b, d)."""
+    def decompress(self, outputs, plan):
+        """outputs (b, M, d) from the SSM -> (b, l, d), and the new last_output (b, d)."""
+        times, previous = plan.times, plan.previous
         if self.causal:
             latest = torch.floor(times)
             # Row 0 of the table is y~ of the previous chunk's last sample (zero for a fresh sequence).
-            table = torch.cat([state.last_output.unsqueeze(1).to(outputs.dtype), outputs], dim=1)
-            index = (latest - state.emitted.unsqueeze(-1)).long()
+            table = torch.cat([previous.last_output.unsqueeze(1).to(outputs.dtype), outputs], dim=1)
+            index = (latest - previous.emitted.unsqueeze(-1)).long()
             read = _rows(table, index) * (latest > 0).unsqueeze(-1)
-            last_output = _rows(table, new_counts)
+            last_output = _rows(table, plan.new_counts)
         else:
-            total = (state.emitted + new_counts).unsqueeze(-1).to(times.dtype)
+            total = (previous.emitted + plan.new_counts).unsqueeze(-1).to(times.dtype)
             # floor(t + 1/2), not torch.round, which rounds ties to even (2.5 -> 2 but 3.5 -> 4).
             latest = torch.minimum(torch.floor(times + 0.5).clamp(min=1.0), total)
             read = _rows(outputs, (latest - 1).long())
-            last_output = state.last_output
+            last_output = previous.last_output
         scale = self.decompression_basis((times - latest).to(outputs.dtype))
         return scale * read, last_output
 
-    def advance(self, x, times, state, new_counts, last_output):
-        """State after a chunk: last K elements and times, the clock, the emitted count."""
-        K = self.num_neighbors
+    def advance(self, x, plan, last_output):
+        """State after the chunk: last K elements and times, the clock, the emitted count, the last output."""
+        K, previous, times = self.num_neighbors, plan.previous, plan.times
         return ResamplingState(
-            neighbor_inputs=torch.cat([state.neighbor_inputs, x], dim=1)[:, -K:],
-            neighbor_times=torch.cat([state.neighbor_times, times], dim=1)[:, -K:],
-            clock=times[:, -1] if times.shape[1] > 0 else state.clock,
-            emitted=state.emitted + new_counts,
+            neighbor_inputs=torch.cat([previous.neighbor_inputs, x], dim=1)[:, -K:],
+            neighbor_times=torch.cat([previous.neighbor_times, times], dim=1)[:, -K:],
+            clock=times[:, -1] if times.shape[1] > 0 else previous.clock,
+            emitted=previous.emitted + plan.new_counts,
             last_output=last_output,
         )
 
     def step_clock(self, x, state, logits=None):
-        """One element x (b, d): advance the clock and the neighbour buffers of `state` in place -> emits (b,) bool.
+        """The plan of one element x (b, d): advance the clock and the neighbour buffers of `state` in place
+        -> Δ (b,) float64 and emits (b,) bool.
 
         logits (b,): θ_Δ's, when given from the token embeddings. A row emits when floor(t) passes its emitted
         count m; its new sample is then m + 1.
         """
-        clock = state.clock.add_(self.deltas(x, logits=logits))
+        deltas = self.deltas(x, logits=logits)
+        clock = state.clock.add_(deltas)
         emits = torch.floor(clock) > state.emitted
         state.emitted.add_(emits)  # Δ <= 1: at most one new sample per element
         state.neighbor_inputs.copy_(torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1))
         state.neighbor_times.copy_(torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1))
-        return emits
+        return deltas, emits
 
     def step_sample(self, state):
         """x~ (b, d) of the sample s = m just emitted, from the state advanced by step_clock.

@@ -6,7 +6,7 @@ cache in a model's output under its own release's name only, so our outputs carr
 that name (`CACHE_NAME`), and our forward methods accept either name.
 """
 
-from dataclasses import field, make_dataclass
+from dataclasses import field, fields, make_dataclass
 
 from transformers.utils import ModelOutput
 
@@ -23,11 +23,12 @@ def resolve_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
-def output_class(name, doc, field_names, module):
-    """A ModelOutput dataclass whose fields (all defaulting to None) are `field_names` in order;
-    the name "cache" is spelled as this transformers release spells it. `module` is where the
-    class is bound to `name` (so that pickle finds it)."""
-    fields = [(CACHE_NAME if f == "cache" else f, object, field(default=None)) for f in field_names]
-    cls = make_dataclass(name, fields, bases=(ModelOutput,), namespace={"__doc__": doc})
-    cls.__module__ = module
-    return cls
+def cache_field_named_for_this_release(cls):
+    """A ModelOutput dataclass with a field `cache`, as written, from transformers 5.24 on; before, the same class
+    with that field named `past_key_values` (where generate() looks for it), in the same place."""
+    if CACHE_NAME == "cache":
+        return cls
+    renamed = [(CACHE_NAME if f.name == "cache" else f.name, f.type, field(default=f.default)) for f in fields(cls)]
+    old = make_dataclass(cls.__name__, renamed, bases=cls.__bases__, namespace={"__doc__": cls.__doc__})
+    old.__module__, old.__qualname__ = cls.__module__, cls.__qualname__
+    return old

@@ -2,8 +2,8 @@
 
 Decoding at small batch is dominated by kernel launches: each token runs hundreds of tiny
 kernels. A CUDA graph records them once and replays them with one launch. Graphs need fixed
-memory addresses, so the step reads and writes static buffers: the token ids, every tensor of
-the cache's state, and the output hidden state. The decoding step itself is the same
+memory addresses, so the step reads and writes static buffers: the token embeddings, every tensor
+of the cache's state, and the output hidden state. The decoding step itself is the same
 block step as in eager mode (its GPU path has no host synchronisation), so replay is
 exact against eager decoding.
 
@@ -14,15 +14,24 @@ The cache's `layer_states` (and the θ_Δ window, `selectivity_state`) are re-po
 import torch
 
 
+def decode_one_token(model, cache, embeddings):
+    """SeRpEntModel's decoding step on embeddings (b, d) -> (b, d): replayed from a CUDA graph when
+    config.use_cuda_graphs and the model is on a GPU (recorded at a cache's first step), else run eagerly."""
+    if not (model.config.use_cuda_graphs and embeddings.is_cuda):
+        return model.decoding_step(embeddings, cache)
+    if cache.decode_step is None:
+        cache.decode_step = StaticDecodeStep(model, cache).capture()
+    return cache.decode_step(embeddings)
+
+
 class StaticDecodeStep:
     """Static buffers + the decoding step over them; `capture()` records it in a CUDA graph."""
 
     def __init__(self, model, cache):
         self.model = model
         self.cache = cache
-        batch = cache.batch_size
-        device = model.embeddings.weight.device
-        self.token_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        weight = model.embeddings.weight
+        self.embeddings = torch.zeros(cache.batch_size, weight.shape[1], device=weight.device, dtype=weight.dtype)
         # Static copies of the state; the cache now reads and writes these.
         cache.layer_states = [[state.map(torch.clone) for state in layer] for layer in cache.layer_states]
         if cache.selectivity_state is not None:
@@ -33,8 +42,7 @@ class StaticDecodeStep:
 
     def run(self):
         """The eager step over the static buffers (also what the graph records)."""
-        hidden = self.model.embeddings(self.token_ids[:, 0])
-        self.hidden_states = self.model.decoding_step(hidden, self.cache).unsqueeze(1)  # advances the buffers in place
+        self.hidden_states = self.model.decoding_step(self.embeddings, self.cache)  # advances the buffers in place
         return self.hidden_states
 
     def capture(self, warmup=3):
@@ -54,8 +62,8 @@ class StaticDecodeStep:
             buffer.copy_(value)
         return self
 
-    def __call__(self, input_ids):
-        self.token_ids.copy_(input_ids)
+    def __call__(self, embeddings):
+        self.embeddings.copy_(embeddings)
         if self.graph is None:
             return self.run().clone()
         self.graph.replay()

@@ -9,17 +9,20 @@ the problem.
     SeRpEntForCausalLM:  SeRpEntModel -> lm_head (tied to the embeddings by default)
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
 
+from .cuda_graphs import decode_one_token
 from .cache import SeRpEntCache
-from .compat import CACHE_NAME, output_class, resolve_cache
+from .compat import CACHE_NAME, cache_field_named_for_this_release, resolve_cache
 from .configuration_serpent import SeRpEntConfig
-from .cuda_graphs import StaticDecodeStep
 from .modeling import (
     ConcatProjection,
     EmbeddingSelectivity,
@@ -29,12 +32,12 @@ from .modeling import (
     S4DMixer,
     SeRpEntBlock,
     SelectivityNetwork,
-    decoding_linear,
 )
 
 
-SeRpEntModelOutput = output_class(
-    "SeRpEntModelOutput",
+@cache_field_named_for_this_release
+@dataclass
+class SeRpEntModelOutput(ModelOutput):
     """
     last_hidden_state: (batch, length, hidden_size) after the final norm.
     cache (`past_key_values` before transformers 5.24): SeRpEntCache with the state after the last
@@ -42,17 +45,27 @@ SeRpEntModelOutput = output_class(
     hidden_states: the input of every block and the final output (when output_hidden_states).
     compressed_lengths: (layers, batch, branches) compressed samples each branch produced in this call.
     deltas: (layers, batch, branches, length) Δ of every element (when output_deltas), 0 on padding.
-    """,
-    ["last_hidden_state", "cache", "hidden_states", "compressed_lengths", "deltas"],
-    __name__,
-)
+    """
 
-SeRpEntCausalLMOutput = output_class(
-    "SeRpEntCausalLMOutput",
-    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as SeRpEntModelOutput.""",
-    ["loss", "logits", "cache", "hidden_states", "compressed_lengths", "deltas"],
-    __name__,
-)
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: SeRpEntCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    compressed_lengths: torch.LongTensor | None = None
+    deltas: torch.DoubleTensor | None = None
+
+
+@cache_field_named_for_this_release
+@dataclass
+class SeRpEntCausalLMOutput(ModelOutput):
+    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as
+    SeRpEntModelOutput."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: SeRpEntCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    compressed_lengths: torch.LongTensor | None = None
+    deltas: torch.DoubleTensor | None = None
 
 
 # Arguments generate() passes to prepare_inputs_for_generation for its own loop; transformers does not
@@ -170,14 +183,15 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             return [None] * len(self.layers)
         return list(logits.chunk(len(self.layers), dim=-1))
 
-    def decoding_step(self, hidden, cache):
+    def decoding_step(self, embeddings, cache):
         """One token for every row: its embedding (b, d) -> hidden state (b, d) after the final norm; `cache` is
-        advanced in place. Also what a captured CUDA graph replays (cuda_graphs.py)."""
+        advanced in place. What a captured CUDA graph records (cuda_graphs.py)."""
         logits = None
         if self.selectivity is not None:
-            logits = self.selectivity(hidden, state=cache.selectivity_state, decoding_step=True)
+            logits = self.selectivity(embeddings, state=cache.selectivity_state, decoding_step=True)
+        hidden = embeddings
         for layer, state, layer_logits in zip(self.layers, cache.layer_states, self.layer_logits(logits)):
-            hidden = layer(hidden, state=state, decoding_step=True, logits=layer_logits)  # advances `state` in place
+            hidden, _, _ = layer(hidden, state=state, decoding_step=True, logits=layer_logits)
         return self.norm_f(hidden)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
@@ -261,12 +275,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 "backward pass: decode under torch.no_grad(), in eval mode, or after gradient_checkpointing_disable()"
             )
         if single_step and not output_hidden_states:
-            if self.config.use_cuda_graphs and hidden_states.is_cuda and input_ids is not None:
-                if cache.decode_step is None:
-                    cache.decode_step = StaticDecodeStep(self, cache).capture()
-                hidden_states = cache.decode_step(input_ids)
-            else:
-                hidden_states = self.decoding_step(hidden_states[:, 0], cache).unsqueeze(1)
+            hidden_states = decode_one_token(self, cache, hidden_states[:, 0]).unsqueeze(1)
             cache.num_tokens += 1
             output = SeRpEntModelOutput(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
             return output if return_dict else output.to_tuple()
@@ -389,10 +398,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         hidden_states = hidden_states[:, keep]
-        if hidden_states.shape[1] == 1:  # a decoding step, or a prefill that keeps the last logits: few rows
-            logits = decoding_linear(self.lm_head, hidden_states).float()
-        else:
-            logits = self.lm_head(hidden_states).float()
+        logits = self.lm_head(hidden_states).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serpent_hf.modeling import Branch
-from serpent_hf.modeling.resampling import nearest_neighbors
+from serpent_hf.modeling.resampling import ResamplingPlan, nearest_neighbors
 from serpent_hf import SeRpEntForSequenceClassification
 
 from .conftest import random_resampler, selectivity_networks, tiny_config
@@ -37,8 +37,8 @@ def random_branch(rate, seed, ssm_type="s4d"):
 def test_compressed_length_lies_between_floor_rate_times_length_and_length(rate, length, seed):
     resampler = bidirectional_resampler(rate, seed)
     x = torch.randn(2, length, 8)
-    times = padded_times(resampler, x, None)
-    samples, sample_valid, counts = resampler.compress(x, times, resampler.empty_state(2, x.device))
+    plan = resampler.plan(x)
+    samples, sample_valid, counts = resampler.compress(x, plan), plan.sample_valid, plan.new_counts
     assert samples.shape == (2, int(counts.max()), 8) and sample_valid.shape == samples.shape[:2]
     assert bool((counts >= max(math.floor(rate * length), 1)).all()) and bool((counts <= length).all())
     assert torch.equal(sample_valid.sum(-1), counts)
@@ -71,7 +71,10 @@ def test_decompression_reads_the_nearest_grid_point_rounding_halves_up():
     with torch.no_grad():
         resampler.decompression_basis.weight.zero_()
         resampler.decompression_basis.bias.fill_(1.0)
-    read, _ = resampler.decompress(outputs, times, resampler.empty_state(1, times.device), torch.tensor([2]))
+    plan = ResamplingPlan(previous=resampler.empty_state(1, times.device), deltas=torch.diff(times, prepend=times[:, :1] * 0),
+                          times=times, grid=torch.tensor([[1.0, 2.0]], dtype=torch.float64),
+                          sample_valid=torch.ones(1, 2, dtype=torch.bool), new_counts=torch.tensor([2]))
+    read, _ = resampler.decompress(outputs, plan)
     # nearest grid point floor(t + 1/2), clamped to [1, M]: 0.3 -> 1, 0.75 -> 1, 1.5 -> 2, 2.25 -> 2, 2.5 -> 2 (M)
     assert read[0, :, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
 

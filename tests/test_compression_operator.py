@@ -33,11 +33,10 @@ def resampler_pair(seed, causal, hidden=8, neighbors=3, basis=4):
 def test_diagonal_matrices_give_the_gate(seed, causal):
     gate, linear = resampler_pair(seed, causal)
     x = torch.randn(2, 40, 8)
-    state = gate.empty_state(2, x.device)
     with torch.no_grad():
-        times = torch.cumsum(gate.deltas(x), dim=-1)
-        expected, _, _ = gate.compress(x, times, state)
-        mixed, _, _ = linear.compress(x, times, state)
+        plan = gate.plan(x)
+        expected = gate.compress(x, plan)
+        mixed = linear.compress(x, plan)
     torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -45,12 +44,10 @@ def test_off_diagonal_entries_mix_channels():
     gate, linear = resampler_pair(0, causal=True)
     x = torch.randn(1, 40, 8)
     x[..., 0] = 0.0  # channel 0 is silent in the input: only a map across channels can write it
-    state = gate.empty_state(1, x.device)
     with torch.no_grad():
         linear.compression_basis.weight[0, :, 1] = 1.0
-        times = torch.cumsum(gate.deltas(x), dim=-1)
-        gated, _, _ = gate.compress(x, times, state)
-        mixed, valid, _ = linear.compress(x, times, state)
+        plan = gate.plan(x)
+        gated, mixed, valid = gate.compress(x, plan), linear.compress(x, plan), plan.sample_valid
     assert gated[valid][:, 0].abs().max() == 0
     assert mixed[valid][:, 0].abs().min() > 0
 

@@ -208,7 +208,7 @@ def test_the_cache_goes_by_the_installed_transformers_name_and_the_old_one_still
 
 def test_synchronisation_free_decoding_path_matches_forward(monkeypatch):
     """The GPU decoding path (every row steps, `where` keeps the emitters) is exact too, checked on the CPU."""
-    monkeypatch.setattr("modeling.branch.host_reads_are_free", lambda device: False)
+    monkeypatch.setattr("serpent_hf.modeling.branch.host_reads_are_free", lambda device: False)
     model = tiny_model(seed=14, compression_rates=[1.0, 0.5, 0.2])
     ids = torch.randint(3, 97, (3, 30))
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_synchronisation_free_decoding_path_matches_forward(monkeypatch):
 def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
     """A step writes into the cache's own tensors (no new state per token; what a CUDA graph relies on),
     in both decoding paths, and rows that do not emit keep their compressed-branch SSM state."""
-    monkeypatch.setattr("modeling.branch.host_reads_are_free", lambda device: cpu_path)
+    monkeypatch.setattr("serpent_hf.modeling.branch.host_reads_are_free", lambda device: cpu_path)
     model = tiny_model(seed=15, compression_rates=[1.0, 0.5, 0.2])
     ids = torch.randint(3, 97, (4, 20))
     with torch.no_grad():

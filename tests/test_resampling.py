@@ -19,8 +19,9 @@ def test_compressed_length_lies_between_floor_rate_times_length_and_length(rate,
     x = torch.randn(2, length, 8)
     deltas = resampler.deltas(x)
     assert bool(((deltas >= rate) & (deltas <= 1.0)).all())
-    times = torch.cumsum(deltas, -1)
-    samples, _, counts = resampler.compress(x, times, resampler.empty_state(2, x.device))
+    plan = resampler.plan(x)
+    assert torch.equal(plan.deltas, deltas) and torch.equal(plan.times, torch.cumsum(deltas, -1))
+    samples, counts = resampler.compress(x, plan), plan.new_counts
     assert samples.shape[1] == int(counts.max())
     assert bool((counts >= math.floor(rate * length)).all()) and bool((counts <= length).all())
 

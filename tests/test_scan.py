@@ -77,7 +77,7 @@ def test_chunked_scan_equals_one_chunk(monkeypatch):
     inputs = scan_inputs(11, seed=2)
     whole = SelectiveScan.apply(*inputs)
     whole_grads = torch.autograd.grad(whole[0].sum() + whole[1].pow(2).sum(), inputs)
-    monkeypatch.setattr("modeling.scan.CHUNK_ELEMENTS", 2 * 3 * 4 * 3)  # 3 time steps per chunk
+    monkeypatch.setattr("serpent_hf.modeling.scan.CHUNK_ELEMENTS", 2 * 3 * 4 * 3)  # 3 time steps per chunk
     chunked = SelectiveScan.apply(*inputs)
     chunked_grads = torch.autograd.grad(chunked[0].sum() + chunked[1].pow(2).sum(), inputs)
     torch.testing.assert_close(chunked[0], whole[0])
