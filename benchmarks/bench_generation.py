@@ -7,7 +7,12 @@ What it measures, at the size of the training benchmark (hidden 256, 4 layers, v
       the recurrent cache and the last position's logits;
 for SeRpEnt (rates 1, 0.5, 0.25), our Mamba baseline (same code, rates = [1.0]), transformers'
 MambaForCausalLM (its pure-PyTorch path; mamba-ssm does not run on CPU) and, as an extra row,
-our equal-parameter Mamba baseline (14 layers). Ratios are against HF Mamba and our baseline.
+our equal-parameter Mamba baseline (configs/small-mamba.json, 14 layers; in the default model
+list). Ratios are against HF Mamba (the anchor here: a decoding step does not scan, so
+`use_mambapy`, the training anchor of bench_training.py, changes nothing in decode), our baseline
+and the equal-parameter Mamba; the summary puts SeRpEnt's decode ms/token ratio against HF Mamba
+and against the equal-parameter Mamba side by side (mamba-eq is to SeRpEnt what the training
+benchmark's equal-parameter row is: the same parameter budget spent on depth).
 
 How decode is timed (the same loop for every model, which we take as the fairest choice): one
 untimed prefill of the prompt with use_cache=True, then `new_tokens` calls of the model on the
@@ -20,9 +25,10 @@ also gives the median of per-round ratios to HF (paired: robust to load drifting
 per-configuration time budget cuts the rounds of slow prefills and skips a length whose
 estimate (linear extrapolation from the previous length) does not fit.
 
-Run (a few minutes on 2 CPU cores):
+Run (one torch thread; about 12 minutes on 2 shared CPU cores):
     python benchmarks/bench_generation.py
     python benchmarks/bench_generation.py --lengths 1024 4096 --batches 1 --repeats 5 --output /tmp/generation.json
+    python benchmarks/bench_generation.py --lengths 256 --new-tokens 8 --repeats 1 --output /tmp/generation-smoke.json  # smoke run
 """
 
 import argparse
@@ -34,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from common import ANCHOR, BASELINE, MODELS, fmt, ratio  # noqa: E402
+from common import ANCHOR, BASELINE, EQUAL_PARAMETER, MODELS, fmt, ratio  # noqa: E402
 
 TARGETS = {"mamba": 1.0, "serpent": 1.5}  # decode ms/token at most this multiple of HF Mamba's (issue 3)
 PROMPT_LENGTH = 16
@@ -48,7 +54,7 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=1, help="prefill batch size")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (fewer if over budget)")
-    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "hf-mamba", "mamba-eq"], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "mamba-eq", "hf-mamba"], choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=120.0, help="seconds of timed rounds per (model, prefill L)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see common.setup_torch)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "generation-cpu.json"))
@@ -145,32 +151,52 @@ def summarise(decode, prefill, args):
     for record in decode:
         anchor = _find(decode, ANCHOR, "batch", record["batch"])
         baseline = _find(decode, BASELINE, "batch", record["batch"])
+        equal = _find(decode, EQUAL_PARAMETER, "batch", record["batch"])
         record["vs_hf"] = ratio(record["ms_per_token"], anchor and anchor["ms_per_token"])
         record["vs_hf_paired"] = anchor and common.paired_ratio(record["times"], anchor["times"])
         record["vs_mamba"] = ratio(record["ms_per_token"], baseline and baseline["ms_per_token"])
+        record["vs_mamba_eq"] = ratio(record["ms_per_token"], equal and equal["ms_per_token"])
+        record["vs_mamba_eq_paired"] = equal and common.paired_ratio(record["times"], equal["times"])
         rows.append([record["label"], record["batch"], fmt(record["ms_per_token"], ".2f"),
                      fmt(record["sequences_tokens_per_second"], ".0f"), fmt(record["vs_hf"], ".2f", "x"),
-                     fmt(record["vs_hf_paired"], ".2f", "x"), fmt(record["vs_mamba"], ".2f", "x"), len(record["times"])])
+                     fmt(record["vs_hf_paired"], ".2f", "x"), fmt(record["vs_mamba"], ".2f", "x"),
+                     fmt(record["vs_mamba_eq"], ".2f", "x"), len(record["times"])])
     common.print_table(["model", "batch", "ms/token", "tokens/s (all rows)", "vs HF", "vs HF (paired)", "vs Mamba(ours)",
-                        "rounds"], rows)
+                        "vs Mamba-eq", "rounds"], rows)
 
     print(f"\nPrefill (batch {args.batch}, cache + last logits); tokens/s ratios: higher is faster")
     rows = []
     for record in prefill:
         anchor = _find(prefill, ANCHOR, "length", record["length"])
         baseline = _find(prefill, BASELINE, "length", record["length"])
+        equal = _find(prefill, EQUAL_PARAMETER, "length", record["length"])
         speed = record.get("tokens_per_second")
         record["vs_hf"] = ratio(speed, anchor and anchor.get("tokens_per_second"))
         record["vs_mamba"] = ratio(speed, baseline and baseline.get("tokens_per_second"))
+        record["vs_mamba_eq"] = ratio(speed, equal and equal.get("tokens_per_second"))
         if record["status"] != "ok":
-            rows.append([record["label"], record["length"], record["status"], "", "", ""])
+            rows.append([record["label"], record["length"], record["status"], "", "", "", ""])
             continue
         rows.append([record["label"], record["length"], fmt(speed, ".0f"), fmt(record["vs_hf"], ".2f", "x"),
-                     fmt(record["vs_mamba"], ".2f", "x"), len(record["times"])])
-    common.print_table(["model", "L", "tokens/s", "vs HF", "vs Mamba(ours)", "rounds"], rows)
+                     fmt(record["vs_mamba"], ".2f", "x"), fmt(record["vs_mamba_eq"], ".2f", "x"), len(record["times"])])
+    common.print_table(["model", "L", "tokens/s", "vs HF", "vs Mamba(ours)", "vs Mamba-eq", "rounds"], rows)
+
+    print("\nSeRpEnt decode ms/token against HF Mamba and the equal-parameter Mamba (lower is faster; paired per round "
+          "in brackets):")
+    rows, side = [], {}
+    for batch in args.batches:
+        record = _find(decode, "serpent", "batch", batch)
+        if record is None:
+            continue
+        side[batch] = {"vs_hf": record["vs_hf"], "vs_hf_paired": record["vs_hf_paired"],
+                       "vs_mamba_eq": record["vs_mamba_eq"], "vs_mamba_eq_paired": record["vs_mamba_eq_paired"]}
+        rows.append([batch, fmt(record["ms_per_token"], ".2f"),
+                     f"{fmt(record['vs_hf'], '.2f', 'x')} ({fmt(record['vs_hf_paired'], '.2f', 'x')})",
+                     f"{fmt(record['vs_mamba_eq'], '.2f', 'x')} ({fmt(record['vs_mamba_eq_paired'], '.2f', 'x')})"])
+    common.print_table(["batch", "SeRpEnt ms/token", "vs HF Mamba", "vs Mamba-eq"], rows)
 
     verdict = {True: "MET", False: "MISSED", None: "not measured"}
-    targets = {}
+    targets = {"serpent_decode_vs_references_by_batch": side}
     print("\nTargets (issue 3):")
     for name, limit in TARGETS.items():
         for batch in args.batches:

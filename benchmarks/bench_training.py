@@ -1,27 +1,39 @@
-"""Training throughput and peak memory on CPU: SeRpEnt vs our Mamba baseline vs transformers' Mamba.
+"""Training throughput and peak memory on CPU: SeRpEnt vs our Mamba baselines vs transformers' Mamba.
 
-What it measures, for the same size (hidden 256, 4 layers, vocab 4096) and batch B = 4:
+What it measures, for the same size (hidden 256, 4 layers, vocab 4096) and batch B = 4, at
+L = 256 and 1024 by default (add 4096 with --lengths):
     * forward + backward tokens/s (LM loss, no optimiser step) of SeRpEnt (rates 1, 0.5, 0.25),
-      our Mamba baseline (the same code, rates = [1.0]), transformers' MambaForCausalLM
-      (pure-PyTorch fallback: no mamba-ssm on CPU), and, as an extra row, our equal-parameter
-      Mamba baseline (configs/small-mamba.json, 14 layers);
+      our Mamba baseline (the same code, rates = [1.0]), our equal-parameter Mamba baseline
+      (configs/small-mamba.json, 14 layers), and transformers' MambaForCausalLM twice:
+        - hf-mamba-mambapy, MambaConfig(use_mambapy=True): the full-sequence scan is mambapy's
+          parallel scan, the fastest training path HF's Mamba has on a CPU. It is the ANCHOR of
+          the training ratios. The script checks that the scan really runs (it counts calls of
+          mambapy.pscan.pscan in the warm-up step); if mambapy is not importable it says so and
+          reports the row as skipped;
+        - hf-mamba, the plain pure-PyTorch path (a sequential loop, O(L²) backward), kept as the
+          second reference (issue 2's target is stated against it);
     * time per token (µs) at each length, and its growth relative to the shortest length;
     * peak memory of one training step: peak RSS minus the RSS after building the model, each
       (model, L) in a fresh subprocess (see benchmarks/common.py);
-    * ratios vs HF Mamba and vs our Mamba baseline (tokens/s: higher is better; memory: lower).
+    * ratios of every model against HF Mamba with mambapy (the anchor), the plain HF Mamba, our
+      Mamba baseline and the equal-parameter Mamba (tokens/s: higher is faster; memory: lower is
+      leaner); the summary puts SeRpEnt's ratios against the anchors side by side.
 
 How: all models live in one process and are stepped in interleaved rounds (the order rotates
-every round), so machine noise hits them alike; the figure is the median over rounds. Each
-model is warmed up with one short step first. A per-configuration time budget decides how many
-rounds a (model, L) gets (at least one), and skips a configuration whose estimated step time
-does not fit at all. The estimate extrapolates from the previous length: linearly for our
-models, quadratically for HF Mamba, whose PyTorch fallback has an O(L²) backward (it indexes
-hidden states per step); skipped configurations are reported as "skipped (budget)" with the
-estimate.
+every round), so machine noise hits them alike; the figure is the median over rounds, and the
+anchor ratios are also given paired (median over rounds of the per-round ratio). Each model is
+warmed up with one short step first. A per-configuration time budget decides how many rounds a
+(model, L) gets (at least one; both HF rows get --anchor-rounds), and skips a configuration
+whose estimated step time does not fit at all. The estimate extrapolates from the previous
+length: linearly, except quadratically for the plain HF Mamba, whose sequential path has an
+O(L²) backward (it indexes hidden states per step); skipped configurations are reported as
+"skipped (budget)" with the estimate.
 
-Run (10-20 minutes on 2 shared CPU cores, depending on their load):
+Run (one torch thread; 10-20 minutes on 2 shared CPU cores, depending on their load):
     python benchmarks/bench_training.py
-    python benchmarks/bench_training.py --lengths 256 1024 --repeats 5 --output /tmp/training.json
+    python benchmarks/bench_training.py --lengths 256 1024 4096 --repeats 5 --output /tmp/training.json
+    python benchmarks/bench_training.py --lengths 64 --repeats 1 --anchor-rounds 1 --no-memory \
+        --output /tmp/training-smoke.json                                                   # smoke run, ~1 min
     python benchmarks/bench_training.py --from-json benchmarks/results/training-cpu.json   # re-print a result
 """
 
@@ -33,23 +45,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import ANCHOR, BASELINE, MODELS, fmt, ratio  # noqa: E402
+from common import BASELINE, EQUAL_PARAMETER, HF_MODELS, MODELS, TRAINING_ANCHOR, fmt, ratio  # noqa: E402
 
-TARGET_SPEEDUP_AT_256 = 20.0  # issue 2: SeRpEnt >= 20x HF Mamba training throughput at L = 256
+SLOW_HF = "hf-mamba"  # transformers' Mamba without mambapy: the sequential path, the reference of issue 2
+
+TARGET_SPEEDUP_AT_256 = 20.0  # issue 2: SeRpEnt >= 20x HF Mamba (its sequential path) training throughput at L = 256
 HF_REFERENCE_TOKENS_PER_SECOND = 47.0  # HF Mamba as measured in issue 2 (B = 4, L = 256, quiet machine)
 FLAT_TOLERANCE = 1.25  # "time per token flat": µs/token at the longest L within 1.25x of the shortest
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per configuration (fewer if over budget)")
-    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "hf-mamba", "mamba-eq"], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "mamba-eq", "hf-mamba-mambapy", "hf-mamba"],
+                        choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=200.0,
                         help="seconds per (model, L): memory probe + timed rounds; over it, rounds are cut, then the config is skipped")
     parser.add_argument("--anchor-rounds", type=int, default=3,
-                        help="timed rounds of HF Mamba wherever it is measured (the targets hang on it), budget or not")
+                        help="timed rounds of both HF Mamba rows wherever they are measured (the ratios hang on them), budget or not")
     parser.add_argument("--equal-param-max-length", type=int, default=1024,
                         help="longest L for the extra mamba-eq row (14 layers: about 3x the time and memory of the others)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see common.setup_torch)")
@@ -66,7 +81,7 @@ def estimate_step_seconds(name, length, measured):
     if not shorter:
         return None
     known_length, seconds = max(shorter)
-    exponent = 2.0 if name == ANCHOR else 1.0
+    exponent = 2.0 if name == SLOW_HF else 1.0
     return seconds * (length / known_length) ** exponent
 
 
@@ -83,11 +98,34 @@ def main():
     print(f"CPU: {machine['cpu_model']} ({machine['cpu_count']} cores), torch {machine['torch']} "
           f"({machine['torch_threads']} threads), transformers {machine['transformers']}, batch {args.batch}")
 
-    models = {name: common.build_model(name) for name in args.models}
+    unavailable = {}  # name -> why it is not measured at all
+    if TRAINING_ANCHOR in args.models:
+        available, where = common.mambapy_status()
+        machine["mambapy"] = where if available else None
+        if not available:
+            unavailable[TRAINING_ANCHOR] = "skipped (mambapy not importable)"
+            print(f"\n*** {TRAINING_ANCHOR} (the training anchor) is SKIPPED: {where}.\n"
+                  f"*** Its ratios below are '-'; the plain HF Mamba row ({SLOW_HF}) remains.\n", flush=True)
+        else:
+            print(f"mambapy: {where}")
+    models = {name: common.build_model(name) for name in args.models if name not in unavailable}
     parameters = {name: common.count_parameters(model) for name, model in models.items()}
     for name, model in models.items():
         model.train()
-        common.train_step(model, common.token_ids(args.batch, args.warmup_length))  # warm-up
+        warm = lambda: common.train_step(model, common.token_ids(args.batch, args.warmup_length))  # noqa: E731
+        if name != TRAINING_ANCHOR:
+            warm()
+            continue
+        calls, _ = common.count_pscan_calls(warm)  # the warm-up step, with mambapy's scan counted
+        machine["mambapy_pscan_calls_per_step"] = calls
+        if calls == 0:
+            unavailable[name] = "skipped (mambapy's pscan not called)"
+            print(f"\n*** {name}: use_mambapy=True but mambapy.pscan.pscan was not called in a training step "
+                  "(transformers took another path); the row is SKIPPED.\n", flush=True)
+        else:
+            print(f"{name}: mambapy.pscan.pscan called {calls} times per training step (one per layer): parallel scan")
+    for name in unavailable:
+        models.pop(name, None)
 
     results = []  # one dict per (model, L)
     step_seconds = {}  # name -> {L: median seconds}: drives the budget estimates
@@ -96,8 +134,11 @@ def main():
         planned = {}
         for name in args.models:
             record = {"model": name, "label": MODELS[name], "length": length, "batch": args.batch,
-                      "parameters": parameters[name], "status": "ok"}
+                      "parameters": parameters.get(name), "status": "ok"}
             results.append(record)
+            if name in unavailable:
+                record.update(status=unavailable[name])
+                continue
             if name == "mamba-eq" and length > args.equal_param_max_length:
                 record.update(status="skipped (--equal-param-max-length)")
                 continue
@@ -118,7 +159,7 @@ def main():
             spent = 0.0 if args.no_memory else estimate
             rounds = args.repeats if estimate is None else int((args.budget - spent) // estimate)
             rounds = max(1, min(args.repeats, rounds))
-            planned[name] = (args.anchor_rounds if name == ANCHOR else rounds, record)
+            planned[name] = (args.anchor_rounds if name in HF_MODELS else rounds, record)
             record["times"] = []
 
         order = list(planned)
@@ -155,47 +196,84 @@ def _value(record, key):
 
 
 def paired_speedup(record, anchor):
-    """Median over rounds of t_HF / t_model within the same round: robust to load that drifts between rounds."""
+    """Median over rounds of t_anchor / t_model within the same round: robust to load that drifts between rounds."""
     if _value(record, "step_seconds") is None or _value(anchor, "step_seconds") is None:
         return None
     return common.paired_ratio(anchor["times"], record["times"])
 
 
+# (key in the result records, model it compares against, column heading)
+REFERENCES = [
+    ("hf_mambapy", TRAINING_ANCHOR, "HF mambapy"),
+    ("hf", SLOW_HF, "HF seq."),
+    ("mamba", BASELINE, "Mamba(ours)"),
+    ("mamba_eq", EQUAL_PARAMETER, "Mamba-eq"),
+]
+
+
 def summarise(results, args):
     lengths = sorted(args.lengths)
-    rows = []
+    speed_rows, memory_rows = [], []
     for length in lengths:
-        anchor, baseline = _get(results, ANCHOR, length), _get(results, BASELINE, length)
         for name in args.models:
             record = _get(results, name, length)
+            if record is None:  # a saved result from before this model existed
+                continue
             speed, memory = _value(record, "tokens_per_second"), _value(record, "peak_delta_mb")
-            record["speedup_vs_hf"] = ratio(speed, _value(anchor, "tokens_per_second"))
-            record["speedup_vs_hf_paired"] = paired_speedup(record, anchor)
-            record["speedup_vs_mamba"] = ratio(speed, _value(baseline, "tokens_per_second"))
-            record["memory_vs_hf"] = ratio(memory, _value(anchor, "peak_delta_mb"))
-            record["memory_vs_mamba"] = ratio(memory, _value(baseline, "peak_delta_mb"))
+            for key, reference, _ in REFERENCES:
+                other = _get(results, reference, length)
+                record[f"speedup_vs_{key}"] = ratio(speed, _value(other, "tokens_per_second"))
+                record[f"memory_vs_{key}"] = ratio(memory, _value(other, "peak_delta_mb"))
+                if reference in HF_MODELS:
+                    record[f"speedup_vs_{key}_paired"] = paired_speedup(record, other)
             first = _get(results, name, lengths[0])
             record["us_per_token_growth"] = ratio(_value(record, "us_per_token"), _value(first, "us_per_token"))
             if record["status"] != "ok":
                 estimate = record.get("estimated_step_seconds")
                 note = record["status"] + (f", est. {estimate:.0f} s/step" if estimate else "")
-                rows.append([MODELS[name], length, note] + [""] * 9)
+                speed_rows.append([MODELS[name], length, note] + [""] * 9)
+                memory_rows.append([MODELS[name], length, record["status"]] + [""] * 4)
                 continue
-            rows.append([
+            speed_rows.append([
                 MODELS[name], length, fmt(speed), fmt(record["us_per_token"], ".0f"),
                 fmt(record["us_per_token_growth"], ".2f", "x"),
+                fmt(record["speedup_vs_hf_mambapy"], ".2f", "x"), fmt(record["speedup_vs_hf_mambapy_paired"], ".2f", "x"),
                 fmt(record["speedup_vs_hf"], ".2f", "x"), fmt(record["speedup_vs_hf_paired"], ".2f", "x"),
-                fmt(record["speedup_vs_mamba"], ".2f", "x"),
-                fmt(memory, ".0f"), fmt(record["memory_vs_hf"], ".2f", "x"), fmt(record["memory_vs_mamba"], ".2f", "x"),
+                fmt(record["speedup_vs_mamba"], ".2f", "x"), fmt(record["speedup_vs_mamba_eq"], ".2f", "x"),
                 len(record["times"]),
             ])
-    print(f"\nTraining step (forward + backward), batch {args.batch}, {args.threads} thread(s); "
-          "speed ratios: higher is faster; memory ratios: lower is leaner")
+            memory_rows.append([MODELS[name], length, fmt(memory, ".0f")]
+                               + [fmt(record[f"memory_vs_{key}"], ".2f", "x") for key, _, _ in REFERENCES])
+    print(f"\nTraining step (forward + backward), batch {args.batch}, {args.threads} thread(s); tokens/s ratios: "
+          f"higher is faster. Anchor: {MODELS[TRAINING_ANCHOR]}")
     common.print_table(
-        ["model", "L", "tokens/s", "µs/token", "µs/token vs first L", "speed vs HF", "vs HF (paired)", "speed vs Mamba(ours)",
-         "peak MB", "mem vs HF", "mem vs Mamba(ours)", "rounds"],
-        rows,
+        ["model", "L", "tokens/s", "µs/token", "µs/token vs first L", "vs HF mambapy (anchor)", "(paired)",
+         "vs HF seq.", "(paired)", "vs Mamba(ours)", "vs Mamba-eq", "rounds"],
+        speed_rows,
     )
+    if not args.no_memory:
+        print("\nPeak memory of one step (peak RSS above the built model); ratios: lower is leaner")
+        common.print_table(["model", "L", "peak MB"] + [f"vs {heading}" for _, _, heading in REFERENCES], memory_rows)
+
+    # SeRpEnt against every anchor, side by side
+    print("\nSeRpEnt training tokens/s against each reference (higher is faster; paired per round in brackets):")
+    side_rows, side = [], {}
+    for length in lengths:
+        record = _get(results, "serpent", length)
+        if record is None or record["status"] != "ok":
+            continue
+        side[length] = {key: record.get(f"speedup_vs_{key}") for key, _, _ in REFERENCES}
+        cells = []
+        for key, reference, _ in REFERENCES:
+            value = record.get(f"speedup_vs_{key}")
+            paired = record.get(f"speedup_vs_{key}_paired")
+            other = _get(results, reference, length)
+            if value is None and other is not None and other["status"] != "ok":
+                cells.append(other["status"].split(",")[0])
+            else:
+                cells.append(fmt(value, ".2f", "x") + (f" ({fmt(paired, '.2f', 'x')})" if reference in HF_MODELS else ""))
+        side_rows.append([length, fmt(record["tokens_per_second"])] + cells)
+    common.print_table(["L", "SeRpEnt tokens/s"] + [f"vs {heading}" for _, _, heading in REFERENCES], side_rows)
 
     serpent_256 = _get(results, "serpent", 256)
     speedup = None if serpent_256 is None else serpent_256.get("speedup_vs_hf")
@@ -208,6 +286,8 @@ def summarise(results, args):
     serpent_speed = _value(serpent_256, "tokens_per_second")
     versus_reference = ratio(serpent_speed, HF_REFERENCE_TOKENS_PER_SECOND)
     targets = {
+        "anchor": TRAINING_ANCHOR,
+        "serpent_vs_references_by_length": side,
         "serpent_speedup_vs_hf_at_256": speedup,
         "serpent_speedup_vs_issue_hf_47_tokens_per_second": versus_reference,
         "serpent_speedup_vs_hf_at_256_paired": paired,
@@ -217,7 +297,7 @@ def summarise(results, args):
         "flat_tolerance": FLAT_TOLERANCE,
         "serpent_flat_met": None if "serpent" not in growth else growth["serpent"]["growth"] <= FLAT_TOLERANCE,
     }
-    print("\nTargets (issue 2):")
+    print("\nTargets (issue 2, stated against HF Mamba's sequential path, hf-mamba):")
     print(f"  SeRpEnt >= {TARGET_SPEEDUP_AT_256:.0f}x HF Mamba tokens/s at L=256: {fmt(speedup, '.2f', 'x')} "
           f"(paired per round: {fmt(paired, '.2f', 'x')}) -> "
           + {True: "MET", False: "MISSED", None: "not measured"}[targets["serpent_speedup_met"]])
@@ -229,7 +309,6 @@ def summarise(results, args):
     print(f"  SeRpEnt time per token flat (within {FLAT_TOLERANCE}x): "
           + {True: "MET", False: "MISSED", None: "not measured"}[targets["serpent_flat_met"]])
     return {"targets": targets}
-
 
 if __name__ == "__main__":
     main()

@@ -6,10 +6,16 @@ also the entry point of the memory probe they start in a fresh subprocess:
     python benchmarks/common.py --probe '{"model": "serpent", "op": "train", "batch": 4, "length": 256, "threads": 1}'
 
 Models (one name per model across both benchmarks):
-    serpent    SeRpEnt, configs/small.json: hidden 256, 4 layers, vocab 4096, rates (1, 0.5, 0.25)
-    mamba      our Mamba baseline at the same size: the same code with compression_rates = [1.0]
-    mamba-eq   our equal-parameter Mamba baseline, configs/small-mamba.json (14 layers)
-    hf-mamba   transformers' MambaForCausalLM, hidden 256, 4 layers, vocab 4096, N 16, expand 2, conv 4
+    serpent           SeRpEnt, configs/small.json: hidden 256, 4 layers, vocab 4096, rates (1, 0.5, 0.25)
+    mamba             our Mamba baseline at the same size: the same code with compression_rates = [1.0]
+    mamba-eq          our equal-parameter Mamba baseline, configs/small-mamba.json (14 layers)
+    hf-mamba          transformers' MambaForCausalLM, hidden 256, 4 layers, vocab 4096, N 16, expand 2, conv 4:
+                      its pure-PyTorch path, a sequential loop over the sequence (no mamba-ssm on a CPU)
+    hf-mamba-mambapy  the same model with MambaConfig(use_mambapy=True): the full-sequence scan runs as
+                      mambapy's parallel scan (mambapy.pscan.pscan, Blelloch, autograd through it), the
+                      strongest training path transformers' Mamba has on a CPU and the training anchor
+                      (TRAINING_ANCHOR). Needs the `mambapy` package: without it transformers silently
+                      takes the sequential loop, so build_model refuses to build this model instead.
 
 Peak memory method: torch's CPU allocations are invisible to tracemalloc, so each (model, op,
 length) runs in a fresh Python process that builds the model and the inputs, reads its resident
@@ -41,10 +47,14 @@ MODELS = {
     "serpent": "SeRpEnt (1, 0.5, 0.25), 4L",
     "mamba": "Mamba baseline (ours), 4L",
     "mamba-eq": "Mamba baseline (ours), 14L equal-param",
-    "hf-mamba": "HF MambaForCausalLM, 4L",
+    "hf-mamba": "HF MambaForCausalLM, 4L (sequential scan)",
+    "hf-mamba-mambapy": "HF MambaForCausalLM, 4L, use_mambapy (parallel scan)",
 }
-ANCHOR = "hf-mamba"
+ANCHOR = "hf-mamba"  # generation's anchor (decoding steps do not scan, so use_mambapy changes nothing there)
+TRAINING_ANCHOR = "hf-mamba-mambapy"  # training's anchor: HF Mamba's fastest CPU training path
+HF_MODELS = ("hf-mamba", "hf-mamba-mambapy")
 BASELINE = "mamba"
+EQUAL_PARAMETER = "mamba-eq"
 
 
 # ---------------------------------------------------------------- setup and machine info
@@ -97,13 +107,57 @@ def machine_info():
 # ---------------------------------------------------------------- models
 
 
+def mambapy_status():
+    """(True, where mambapy.pscan was imported from) or (False, why it cannot be used).
+
+    transformers' Mamba takes the parallel scan only when `use_mambapy=True` and its
+    is_mambapy_available() sees the package; otherwise it falls back to the sequential loop without
+    an error, which would put the slow path under the fast path's name."""
+    try:
+        import mambapy.pscan
+    except Exception as error:  # ImportError, or anything its import raises
+        return False, f"mambapy is not importable ({type(error).__name__}: {error}); install it with `pip install mambapy`"
+    from transformers.utils.import_utils import is_mambapy_available
+
+    if not is_mambapy_available():
+        return False, "mambapy imports, but transformers' is_mambapy_available() is False, so it would not use it"
+    return True, mambapy.pscan.__file__
+
+
+def count_pscan_calls(fn):
+    """Run fn() with mambapy.pscan.pscan wrapped in a call counter; return (calls, fn's result).
+
+    transformers' mamba_selective_scan does `from mambapy.pscan import pscan` at every call, so the
+    wrapper sees every parallel scan; zero calls means the model ran some other path."""
+    import mambapy.pscan
+
+    original, calls = mambapy.pscan.pscan, [0]
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    mambapy.pscan.pscan = counting
+    try:
+        result = fn()
+    finally:
+        mambapy.pscan.pscan = original
+    return calls[0], result
+
+
 def build_model(name, seed=0):
     """A freshly initialised causal LM (float32, CPU) for one of MODELS."""
     torch.manual_seed(seed)
-    if name == ANCHOR:
+    if name in HF_MODELS:
         from transformers import MambaConfig, MambaForCausalLM
 
-        config = MambaConfig(hidden_size=256, num_hidden_layers=4, vocab_size=4096, state_size=16, expand=2, conv_kernel=4)
+        use_mambapy = name == "hf-mamba-mambapy"
+        if use_mambapy:
+            available, reason = mambapy_status()
+            if not available:
+                raise RuntimeError(f"{name}: {reason}")
+        config = MambaConfig(hidden_size=256, num_hidden_layers=4, vocab_size=4096, state_size=16, expand=2, conv_kernel=4,
+                             use_mambapy=use_mambapy)
         return MambaForCausalLM(config)
     from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 
@@ -123,7 +177,7 @@ def cache_keyword(name):
     `cache` from 5.24 on; before, `cache_params` for transformers' Mamba and `past_key_values` for SeRpEnt."""
     from serpent_hf.compat import CACHE_NAME
 
-    return "cache_params" if name == ANCHOR and CACHE_NAME == "past_key_values" else CACHE_NAME
+    return "cache_params" if name in HF_MODELS and CACHE_NAME == "past_key_values" else CACHE_NAME
 
 
 def count_parameters(model):
