@@ -8,7 +8,7 @@ each measured on `small` with one thread (benchmarks/README.md, "One decoding pa
 * Wide projections (more outputs than inputs: a mixer's in_proj, the LM head) get their weight
   stored column-major: the same Parameter, shape and values, strides (1, in). At one row x·Wᵀ
   then reads Wᵀ contiguously instead of along W's short rows (about 2x faster from memory).
-* Every plain nn.Linear of at least 64 inputs and outputs (not x_proj and dt_proj, whose low-rank side
+* Every plain nn.Linear (and concat projection) of at least 64 inputs and outputs (not x_proj and dt_proj, whose low-rank side
   BLAS handles well) becomes a `PackedLinear`, which multiplies a step of 2 to 64 rows without
   gradient by the weight packed once in oneDNN's blocked layout (`_reorder_linear_weight`, the
   form torch.compile's CPU backend gives frozen weights) instead of letting BLAS repack it on every
@@ -28,6 +28,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .modeling import ConcatProjection
 
 PACKED_ROWS = range(2, 65)  # at one row the column-major weight is faster; at prefill sizes BLAS packs well itself
 PACKING_ROWS_HINT = 16  # the rows oneDNN lays the packed weight out for; 2..64 measure alike
@@ -65,8 +67,15 @@ class PackedLinear(nn.Linear):
         return multiply(x, kept[1], self.bias, "none", [], "")
 
 
+class PackedConcatProjection(PackedLinear, ConcatProjection):
+    """A block's concat projection, multiplied as PackedLinear multiplies."""
+
+
+PACKED_CLASSES = {nn.Linear: PackedLinear, ConcatProjection: PackedConcatProjection}
+
+
 def _is_plain_linear(module):
-    return (type(module) is nn.Linear and min(module.in_features, module.out_features) >= 64 and "forward" not in vars(module) and type(module.weight) is nn.Parameter
+    return (type(module) in PACKED_CLASSES and min(module.in_features, module.out_features) >= 64 and "forward" not in vars(module) and type(module.weight) is nn.Parameter
             and not (module._forward_hooks or module._forward_pre_hooks))
 
 
@@ -82,7 +91,7 @@ def optimize_for_cpu(model):
     for module in model.modules():
         if not _is_plain_linear(module):
             continue
-        module.__class__ = PackedLinear
+        module.__class__ = PACKED_CLASSES[type(module)]
         weight = module.weight
         if module.out_features > module.in_features and weight.stride() != (1, weight.shape[0]):
             weight.data = weight.data.t().contiguous().t()
@@ -92,4 +101,4 @@ def optimize_for_cpu(model):
     return model
 
 
-__all__ = ["PackedLinear", "optimize_for_cpu"]
+__all__ = ["PackedConcatProjection", "PackedLinear", "optimize_for_cpu"]
