@@ -27,8 +27,6 @@ The cache is returned in the model's output under `cache` (`past_key_values` bef
 transformers 5.24; see compat.py). A test runs generate() continued from a returned cache.
 """
 
-import torch
-
 
 def config_signature(config):
     """The fields a cache's tensors depend on: a cache built for one signature cannot serve another."""
