@@ -25,8 +25,12 @@ Causality: x~_j reads elements up to e_j only, and y_l reads y~_{floor(t_l)}, wh
 emitted at or before l. Gradients reach θ_Δ through the times t_n inside the bases; the
 integer choices (floor, searchsorted) have none.
 
-Every function takes the state left by the previous chunk (empty for a fresh sequence), so the
-same code serves the full forward pass, prefill and a cached multi-token continuation.
+A chunk of elements is resampled in three calls that read one ResamplingPlan: `plan` (Δ, the
+clock from the state left by the previous chunk, the grid of new samples), `compress` and
+`decompress`; `advance` gives the state after the chunk. The same code serves the full forward
+pass, prefill and a cached multi-token continuation. A decoding step is the one-element case
+written as in-place updates of the state: `step_clock` (the plan), `step_sample` (compress),
+`step_decompress`.
 """
 
 import math
