@@ -34,7 +34,7 @@ setup(
     # evaluate loads the metric by path (a folder, not a module); the training scripts render the card template.
     package_data={"serpent_hf": ["metrics/*/*.py"], "serpent_hf.model_cards": ["*.md"]},
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.5",  # Module.register_state_dict_post_hook (serpent_hf.optimize_for_cpu)
         "transformers>=5.17,<6",
         "accelerate>=1.0",
         "datasets>=3.0",
