@@ -8,18 +8,19 @@ each measured on `small` with one thread (benchmarks/README.md, "One decoding pa
 * Wide projections (more outputs than inputs: a mixer's in_proj, the LM head) get their weight
   stored column-major: the same Parameter, shape and values, strides (1, in). At one row x·Wᵀ
   then reads Wᵀ contiguously instead of along W's short rows (about 2x faster from memory).
-* Every plain nn.Linear (and concat projection) of at least 64 inputs and outputs (not x_proj and dt_proj, whose low-rank side
-  BLAS handles well) becomes a `PackedLinear`, which multiplies a step of 2 to 64 rows without
-  gradient by the weight packed once in oneDNN's blocked layout (`_reorder_linear_weight`, the
-  form torch.compile's CPU backend gives frozen weights) instead of letting BLAS repack it on every
-  call. The packed copy is rebuilt when the weight changes (version counter, storage, dtype) and is
-  kept beside the module, so deepcopy, pickling and save_pretrained never see it. Anything else (one
-  row, many rows, gradients, float16, a GPU, parameters created under inference_mode, a torch
-  without oneDNN) runs nn.Linear's own forward.
+* Every plain nn.Linear (and concat projection) of at least 64 inputs and outputs (not x_proj and
+  dt_proj, whose low-rank side BLAS handles well) becomes a `PackedLinear`, which multiplies a step
+  of 2 to 64 rows without gradient by the weight packed once in oneDNN's blocked layout
+  (`_reorder_linear_weight`, the form torch.compile's CPU backend gives frozen weights) instead of
+  letting BLAS repack it on every call. The packed copy is rebuilt when the weight changes (version
+  counter, storage, dtype) and is kept beside the module, so deepcopy, pickling and save_pretrained
+  never see it. Anything else (one row, many rows, gradients, float16, a GPU, parameters created
+  under inference_mode, a torch without oneDNN) runs nn.Linear's own forward.
 
-Only modules that compute nothing but their product are changed: a LoRA-wrapped (peft),
-quantised or subclassed Linear is left as it is, and so is a module with forward hooks. A
-model's state_dict keeps the usual contiguous layout, so saving works unchanged.
+Only modules that compute nothing but their product are changed (the kernels' own test,
+`kernels.is_plain`): a LoRA-wrapped (peft), quantised or subclassed Linear is left as it is, and so
+is a module with forward hooks (its own or ones registered for every module). A model's state_dict
+keeps the usual contiguous layout, so saving works unchanged.
 """
 
 import functools
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modeling import ConcatProjection
+from .modeling.kernels import is_plain
 
 PACKED_ROWS = range(2, 65)  # at one row the column-major weight is faster; at prefill sizes BLAS packs well itself
 PACKING_ROWS_HINT = 16  # the rows oneDNN lays the packed weight out for; 2..64 measure alike
@@ -74,9 +76,10 @@ class PackedConcatProjection(PackedLinear, ConcatProjection):
 PACKED_CLASSES = {nn.Linear: PackedLinear, ConcatProjection: PackedConcatProjection}
 
 
-def _is_plain_linear(module):
-    return (type(module) in PACKED_CLASSES and min(module.in_features, module.out_features) >= 64 and "forward" not in vars(module) and type(module.weight) is nn.Parameter
-            and not (module._forward_hooks or module._forward_pre_hooks))
+def _packable(module):
+    """A plain Linear or concat projection (kernels.is_plain: no adapter, hook or replaced forward) of at least
+    64 inputs and outputs."""
+    return type(module) in PACKED_CLASSES and is_plain(module) and min(module.in_features, module.out_features) >= 64
 
 
 def _contiguous_state(module, state_dict, prefix, local_metadata):
@@ -89,7 +92,7 @@ def optimize_for_cpu(model):
     """Apply both changes above to every plain nn.Linear of `model`, in place; returns the model. A weight shared by
     several modules (the LM head tied to the embeddings) is re-laid once, for all of them."""
     for module in model.modules():
-        if not _is_plain_linear(module):
+        if not _packable(module):
             continue
         module.__class__ = PACKED_CLASSES[type(module)]
         weight = module.weight
