@@ -103,6 +103,7 @@ def parse():
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--eval_steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--held_out", type=int, default=HELD_OUT, help="how many of the last articles are held out")
     parser.add_argument("--models", "--arms", dest="arms", nargs="+", default=["serpent", "mamba"], choices=list(ARMS))
     parser.add_argument("--baseline", default=None, help="the arm every other is compared with (default: the last "
                         "Mamba arm given)")
@@ -131,23 +132,29 @@ def train(args, data, output_dir):
     """One training run per arm and seed, identical options except the model config (and the arm's own options)."""
     for seed in args.seeds:  # seed-major: every arm has a first result early
         for arm in args.arms:
-            directory = run_dir(output_dir, arm, seed, args.seeds)
-            if (directory / "eval_results.json").is_file():
-                print(f"{directory} is done; skipping it")
-                continue
-            print(f"training {arm}, seed {seed} -> {directory}", flush=True)
-            argv = ["--model_config", str(model_config_path(arm, directory)), "--train_file", str(data),
-                    "--validation_articles", str(HELD_OUT), "--train_tokenizer", "4096",
-                    "--block_size", str(args.block_size), "--output_dir", str(directory),
-                    "--max_steps", str(args.max_steps),
-                    "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
-                    "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
-                    "--warmup_steps", str(max(1, args.max_steps // 10)), "--weight_decay", "0.1",
-                    "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps), "--logging_steps", "10",
-                    "--save_strategy", "no", "--seed", str(seed), "--dataloader_drop_last", "true",
-                    "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
-                    "--cache_dir", str(output_dir / "cache"), *ARMS[arm].get("options", [])]
-            train_lm.main(argv)
+            train_run(args, arm, seed, run_dir(output_dir, arm, seed, args.seeds), data, output_dir / "cache")
+
+
+def train_run(args, arm, seed, directory, data, cache_dir):
+    """train_lm.py on `arm` with the study's recipe (args: block_size, batch_size, max_steps, learning_rate,
+    eval_steps, held_out); a run whose eval_results.json exists is skipped."""
+    if (directory / "eval_results.json").is_file():
+        print(f"{directory} is done; skipping it")
+        return
+    print(f"training {arm}, seed {seed} -> {directory}", flush=True)
+    argv = ["--model_config", str(model_config_path(arm, directory)), "--train_file", str(data),
+            "--validation_articles", str(args.held_out), "--train_tokenizer", "4096",
+            "--block_size", str(args.block_size), "--output_dir", str(directory),
+            "--max_steps", str(args.max_steps),
+            "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
+            "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
+            "--warmup_steps", str(max(1, args.max_steps // 10)), "--weight_decay", "0.1",
+            "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps),
+            "--logging_steps", str(min(10, args.max_steps)),
+            "--save_strategy", "no", "--seed", str(seed), "--dataloader_drop_last", "true",
+            "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
+            "--cache_dir", str(cache_dir), *ARMS[arm].get("options", [])]
+    train_lm.main(argv)
 
 
 def summarise(directory, batch_size, block_size):
@@ -220,7 +227,7 @@ def compare(arms, baseline):
 def main():
     args = parse()
     data, articles = read_articles(args.data)
-    print(f"{data}: {len(articles)} articles -> {len(articles) - HELD_OUT} train, the last {HELD_OUT} held out")
+    print(f"{data}: {len(articles)} articles -> {len(articles) - args.held_out} train, the last {args.held_out} held out")
     output_dir = Path(args.output_dir)
     if not args.summarise_only:
         train(args, data, output_dir)
@@ -229,8 +236,8 @@ def main():
     finished = {arm: [d for d in dirs if (d / "eval_results.json").is_file()] for arm, dirs in finished.items()}
     runs = {arm: [summarise(d, args.batch_size, args.block_size) for d in dirs] for arm, dirs in finished.items() if dirs}
     tokenizers = {(d / "tokenizer.json").read_bytes() for dirs in finished.values() for d in dirs}
-    results = {"data": str(data), "articles": len(articles), "train_articles": len(articles) - HELD_OUT,
-               "eval_articles": HELD_OUT, "tokenizer": "byte-level BPE, 4096 entries, trained on the train articles",
+    results = {"data": str(data), "articles": len(articles), "train_articles": len(articles) - args.held_out,
+               "eval_articles": args.held_out, "tokenizer": "byte-level BPE, 4096 entries, trained on the train articles",
                "same_tokenizer": len(tokenizers) == 1, "options": vars(args),
                "arms": {arm: aggregate(arm_runs) for arm, arm_runs in runs.items()}, "runs": runs}
     baseline = args.baseline or next((arm for arm in reversed(list(runs)) if "mamba" in arm), None)

@@ -85,6 +85,43 @@ def plot_study(results, path):
     plt.close(figure)
 
 
+def plot_context_length(results, path):
+    """A context-length sweep (benchmarks/context_length.py): held-out loss against position within the block for
+    every block size and arm (left), held-out top-1 against block size (middle), and held-out loss against
+    training seconds at each block size (right); means over seeds, error bars one standard deviation."""
+    sweep = results["block_sizes"]
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.5))
+    arms = sorted({arm for arms in sweep.values() for arm in arms})
+    styles = {block_size: style for block_size, style in zip(sweep, ("-", "--", ":", "-."))}
+    for arm_index, arm in enumerate(arms):
+        colour = f"C{arm_index}"
+        sizes = [block_size for block_size in sweep if arm in sweep[block_size]]
+        for block_size in sizes:
+            row = sweep[block_size][arm]
+            positions = row["runs"][0]["positions"]["loss_curve_positions"]
+            label = f"{arm}, block {block_size}"
+            left.plot(positions, row["loss_curve"], styles[block_size], color=colour, label=label)
+            curves = [run["eval_curve"] for run in row["runs"]]
+            steps = np.array([step for step, _, _ in curves[0]], dtype=float)
+            seconds = steps / row["runs"][0]["steps"] * row["train_seconds"]["mean"]
+            right.plot(seconds, np.mean([[loss for _, loss, _ in curve] for curve in curves], axis=0), "o" + styles[block_size],
+                       color=colour, label=label)
+        middle.errorbar([float(size) for size in sizes], [sweep[size][arm]["top1"]["mean"] for size in sizes],
+                        yerr=[sweep[size][arm]["top1"]["std"] for size in sizes], fmt="o-", color=colour, capsize=3, label=arm)
+    left.set(xscale="log", xlabel="position in the block (tokens of context)", ylabel="held-out cross-entropy (nats / token)",
+             title="Held-out loss by position (mean over seeds)")
+    middle.set(xscale="log", xlabel="block size (tokens; same tokens per step)", ylabel="held-out top-1 accuracy",
+               title="Top-1 against context (mean ± sd)")
+    right.set(xlabel="training seconds (1 thread)", ylabel="held-out cross-entropy (nats / token)",
+              title="Held-out loss against training time")
+    for axis in (left, middle, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 @torch.no_grad()
 def delta_profile(model, tokenizer, text, max_tokens=80):
     """Run a SeRpEnt model on `text`; return tokens, rates, Δ (layers, branches, length) and the
