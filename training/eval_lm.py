@@ -8,19 +8,26 @@ that share a tokenizer. Results go to OUTPUT_DIR/eval_results.json, one entry pe
     serpent-eval --model_name_or_path runs/serpent runs/mamba \
         --train_file ../shared/data/wikitext-103-v1/wiki.valid.tokens --validation_articles 6 \
         --block_size 256 --output_dir runs/compare
+    serpent-eval --model_name_or_path runs/serpent runs/mamba ... --block_size 2048 --position_buckets 128 512 2048
+
+--position_buckets also reports loss and top-1 by position within the block (1-128, 129-512, ...): a model
+that uses long context has lower loss late in the block. It adds "by_position" to each checkpoint's
+results and writes loss_by_position.png (every checkpoint's loss against position).
 """
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import DatasetDict
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from .arguments import DataArguments, parse_arguments
 from .data import group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size
-from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
+from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, loss_by_position, preprocess_logits_for_metrics
 from .models import count_parameters, load_checkpoint
+from .plots import plot_loss_by_position
 
 SHOWN = ("eval_top1_accuracy", "eval_top5_accuracy", "eval_perplexity", "eval_loss")
 
@@ -30,6 +37,8 @@ class EvalArguments:
     model_name_or_path: list[str] = field(metadata={"help": "One or more checkpoints (directories or Hub names)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "One tokenizer for all (default: each model's own)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets and models from the Hub are cached."})
+    position_buckets: list[int] | None = field(default=None, metadata={
+        "help": "Upper ends of position buckets (e.g. 128 512 2048): also report loss and top-1 by position in the block."})
 
 
 def evaluate_checkpoint(name, eval_args, data_args, training_args, raw):
@@ -44,6 +53,9 @@ def evaluate_checkpoint(name, eval_args, data_args, training_args, raw):
     metrics = add_perplexity(trainer.evaluate(ignore_keys=IGNORE_KEYS))
     metrics.update(model_type=model.config.model_type, parameters=count_parameters(model),
                    tokenizer=eval_args.tokenizer_name or name, eval_tokens=len(blocks) * block_size, block_size=block_size)
+    if eval_args.position_buckets:
+        metrics["by_position"] = loss_by_position(model.to(trainer.args.device), torch.tensor(blocks["input_ids"]),
+                                                  eval_args.position_buckets, training_args.per_device_eval_batch_size)
     return metrics
 
 
@@ -59,7 +71,19 @@ def main(argv=None):
     print("| --- | --- | " + " | ".join("---" for _ in SHOWN) + " |")
     for name, metrics in results.items():
         print(f"| {name} | {metrics['parameters']:,} | " + " | ".join(f"{metrics[key]:.4f}" for key in SHOWN) + " |")
+    if eval_args.position_buckets:
+        report_by_position(results, output_dir / "loss_by_position.png")
     return results
+
+
+def report_by_position(results, path):
+    buckets = [bucket["name"] for bucket in next(iter(results.values()))["by_position"]["buckets"]]
+    print("\n| model | " + " | ".join(f"loss / top-1, positions {name}" for name in buckets) + " |")
+    print("| --- | " + " | ".join("---" for _ in buckets) + " |")
+    for name, metrics in results.items():
+        print(f"| {name} | " + " | ".join(f"{bucket['loss']:.4f} / {bucket['top1']:.4f}"
+                                          for bucket in metrics["by_position"]["buckets"]) + " |")
+    plot_loss_by_position({name: metrics["by_position"] for name, metrics in results.items()}, path)
 
 
 def command():

@@ -1,4 +1,5 @@
-"""Figures of a run: the training curves and the selectivity Δ of every branch on a sample text.
+"""Figures: a run's training curves and the selectivity Δ of every branch on a sample text; comparisons of
+runs (held-out loss by position, a quality study, a context-length sweep).
 
 Both use matplotlib's Agg backend (no display needed) and write PNG files.
 """
@@ -80,6 +81,20 @@ def plot_study(results, path):
     right.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     for axis in (left, right):
         axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_loss_by_position(scores, path):
+    """{name: training.evaluation.loss_by_position result}: each model's held-out loss against the position in the block."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, score in scores.items():
+        axis.plot(score["loss_curve_positions"], score["loss_curve"], label=f"{name} (block {score['block_size']})")
+    axis.set(xscale="log", xlabel="position in the block (tokens of context)", ylabel="held-out cross-entropy (nats / token)",
+             title="Held-out loss by position")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -1,0 +1,221 @@
+"""A mechanism task where information is sparse: selective copying, SeRpEnt against the Mamba of equal size.
+
+Each example is `length` filler tokens among which `content` content tokens sit at random positions,
+then a marker, then the content tokens again, in order. The loss and the accuracy count only the
+copied tokens (teacher forcing: the i-th copy is predicted from the marker and the copies before it).
+A model solves the task only if its state still holds every content token after up to `length`
+filler steps. The paper's claim makes a sharp prediction here: θ_Δ can learn a small Δ for filler
+and a large one for content, so a compressed branch's SSM sees mostly content, and far fewer steps.
+
+Both models are the same code at the same parameter count (`tiny` and `tiny-mamba` shapes at the
+task's vocabulary), trained with SeRpEntTrainer (the compressed branches' learning-rate multiplier
+included) on examples generated from the seed; every length and seed is a separate run.
+
+    python benchmarks/sparse_copying.py --lengths 256 1024 --seeds 0 1 2 --max_steps 400
+    python benchmarks/sparse_copying.py --summarise_only        # JSON and plots of finished runs
+
+Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
+over seeds; Δ of every compressed branch on one example, content positions marked; M/L per branch).
+A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import TrainingArguments, default_data_collator, set_seed  # noqa: E402
+
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM  # noqa: E402
+from serpent_hf.training.trainer import SeRpEntTrainer  # noqa: E402
+
+FILLER, MARKER, FIRST_CONTENT = 0, 1, 2
+IGNORE = -100
+# Equal parameter count (within 1%): one SeRpEnt block holds about 3.5 Mamba layers' parameters.
+MODELS = {
+    "serpent": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
+                "delta_source": "embedding", "projection_init": "identity"},
+    "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
+}
+
+
+def make_examples(count, length, content, vocabulary, generator):
+    """(count, length + 1 + content) input ids and labels: filler with `content` tokens at random positions,
+    a marker, then the content tokens in order; labels are the copies (IGNORE elsewhere)."""
+    body = torch.full((count, length), FILLER)
+    positions = torch.rand(count, length, generator=generator).argsort(dim=1)[:, :content].sort(dim=1).values
+    tokens = torch.randint(FIRST_CONTENT, FIRST_CONTENT + vocabulary, (count, content), generator=generator)
+    body.scatter_(1, positions, tokens)
+    ids = torch.cat([body, torch.full((count, 1), MARKER), tokens], dim=1)
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, length + 1:] = tokens
+    return ids, labels, positions
+
+
+def build_model(name, vocabulary, seed):
+    set_seed(seed)
+    config = SeRpEntConfig(vocab_size=FIRST_CONTENT + vocabulary, pad_token_id=FILLER, bos_token_id=MARKER,
+                           eos_token_id=MARKER, **MODELS[name])
+    return SeRpEntForCausalLM(config)
+
+
+@torch.no_grad()
+def copy_accuracy(model, ids, labels, batch_size):
+    """Fraction of copied tokens predicted right (argmax), and of examples with every copy right."""
+    model.eval()
+    right, whole = [], []
+    for start in range(0, len(ids), batch_size):
+        batch, targets = ids[start:start + batch_size], labels[start:start + batch_size, 1:]
+        predicted = model(input_ids=batch).logits[:, :-1].argmax(-1)
+        answer = targets != IGNORE
+        correct = (predicted == targets) | ~answer
+        right.append((predicted == targets)[answer].float())
+        whole.append(correct.all(dim=1).float())
+    return float(torch.cat(right).mean()), float(torch.cat(whole).mean())
+
+
+def train_one(args, name, length, seed, directory):
+    generator = torch.Generator().manual_seed(seed)
+    ids, labels, _ = make_examples(args.max_steps * args.batch_size, length, args.content, args.vocabulary, generator)
+    test_generator = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, the same for both models
+    test_ids, test_labels, test_positions = make_examples(args.test_examples, length, args.content, args.vocabulary,
+                                                          test_generator)
+    model = build_model(name, args.vocabulary, seed)
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    training_args = TrainingArguments(
+        output_dir=str(directory), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=args.max_steps // 10,
+        weight_decay=0.1, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
+        disable_tqdm=True)
+    trainer = SeRpEntTrainer(model=model, args=training_args, train_dataset=dataset,
+                             data_collator=default_data_collator, compressed_branch_lr_multiplier=0.1)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    accuracy, whole = copy_accuracy(model, test_ids, test_labels, args.batch_size)
+    result = {"model": name, "length": length, "seed": seed, "parameters": model.num_parameters(),
+              "copy_accuracy": accuracy, "sequence_accuracy": whole, "train_seconds": round(seconds, 1),
+              "train_loss": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]}
+    if any(rate < 1 for rate in model.config.compression_rates):
+        result["example"] = delta_example(model, test_ids[:1], test_positions[0])
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+@torch.no_grad()
+def delta_example(model, ids, content_positions):
+    """Δ of every compressed branch (layer 0 and the last layer) on one example, its content positions, and
+    M/L (compressed samples per token) of every layer and branch."""
+    out = model(input_ids=ids, output_deltas=True)
+    rates = model.config.compression_rates
+    length = ids.shape[1]
+    deltas = {f"layer{layer}_rate{rate:g}": out.deltas[layer, 0, branch].tolist()
+              for layer in (0, len(out.deltas) - 1) for branch, rate in enumerate(rates) if rate < 1}
+    m_over_l = {f"layer{layer}_rate{rate:g}": float(out.compressed_lengths[layer][0, branch]) / length
+                for layer in range(len(out.deltas)) for branch, rate in enumerate(rates) if rate < 1}
+    return {"content_positions": content_positions.tolist(), "deltas": deltas, "M_over_L": m_over_l}
+
+
+def summarise(results):
+    table = {}
+    for result in results:
+        table.setdefault(result["model"], {}).setdefault(result["length"], []).append(result)
+    summary = {}
+    for name, by_length in table.items():
+        summary[name] = {}
+        for length, runs in sorted(by_length.items()):
+            values = [run["copy_accuracy"] for run in runs]
+            summary[name][length] = {
+                "seeds": len(runs), "parameters": runs[0]["parameters"],
+                "copy_accuracy": {"mean": statistics.fmean(values),
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0},
+                "sequence_accuracy": statistics.fmean(run["sequence_accuracy"] for run in runs),
+                "train_seconds": statistics.fmean(run["train_seconds"] for run in runs)}
+            if "example" in runs[0]:
+                keys = runs[0]["example"]["M_over_L"]
+                summary[name][length]["M_over_L"] = {key: statistics.fmean(run["example"]["M_over_L"][key] for run in runs)
+                                                     for key in keys}
+    return summary
+
+
+def plot(summary, results, path):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
+    for index, (name, by_length) in enumerate(summary.items()):
+        lengths = sorted(by_length)
+        left.errorbar(lengths, [by_length[n]["copy_accuracy"]["mean"] for n in lengths],
+                      yerr=[by_length[n]["copy_accuracy"]["std"] for n in lengths], fmt="o-", capsize=3,
+                      color=f"C{index}", label=f"{name} ({by_length[lengths[0]]['parameters']:,} parameters)")
+    left.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    left.set(xscale="log", xlabel="filler length", ylabel="copied tokens right (held-out)", ylim=(0, 1.02),
+             title="Selective copying: accuracy against length (mean ± sd over seeds)")
+    examples = [r for r in results if "example" in r]
+    if examples:
+        example = max(examples, key=lambda r: (r["length"], -r["seed"]))
+        for index, (key, values) in enumerate(example["example"]["deltas"].items()):
+            right.plot(values, linewidth=0.8, color=f"C{index + 2}", label=f"Δ {key.replace('_', ', ')}")
+        for position in example["example"]["content_positions"]:
+            right.axvline(position, color="black", alpha=0.4, linewidth=0.8)
+        right.axvline(example["length"], color="black", linestyle="--", linewidth=1, label="marker")
+        right.set(yscale="log", xlabel="position (black lines: content tokens)", ylabel="Δ",
+                  title=f"SeRpEnt's Δ on one example, length {example['length']}, seed {example['seed']}")
+        right.legend(fontsize=7)
+    left.legend(fontsize=8)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="runs/sparse-copying")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--content", type=int, default=4, help="content tokens per example")
+    parser.add_argument("--vocabulary", type=int, default=8, help="distinct content tokens")
+    parser.add_argument("--max_steps", type=int, default=400)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--test_examples", type=int, default=256)
+    parser.add_argument("--summarise_only", action="store_true")
+    return parser.parse_args()
+
+
+def main():
+    args = parse()
+    output_dir = Path(args.output_dir)
+    results = []
+    for seed in args.seeds:
+        for length in args.lengths:
+            for name in args.models:
+                directory = output_dir / f"length{length}" / name / f"seed{seed}"
+                if (directory / "result.json").is_file():
+                    results.append(json.loads((directory / "result.json").read_text()))
+                elif not args.summarise_only:
+                    print(f"training {name} at length {length}, seed {seed}", flush=True)
+                    results.append(train_one(args, name, length, seed, directory))
+                    print(f"  copy accuracy {results[-1]['copy_accuracy']:.3f} in {results[-1]['train_seconds']:.0f} s",
+                          flush=True)
+    summary = summarise(results)
+    for name, by_length in summary.items():
+        for length, row in by_length.items():
+            print(f"{name:8s} length {length:5d}: copy accuracy {row['copy_accuracy']['mean']:.3f} ± "
+                  f"{row['copy_accuracy']['std']:.3f} ({row['seeds']} seeds), {row['train_seconds']:.0f} s")
+    output = {"options": vars(args), "summary": summary, "runs": results}
+    (output_dir / "sparse_copying.json").write_text(json.dumps(output, indent=2) + "\n")
+    plot(summary, results, output_dir / "sparse_copying.png")
+    print(f"wrote {output_dir / 'sparse_copying.json'} and {output_dir / 'sparse_copying.png'}")
+
+
+if __name__ == "__main__":
+    main()
