@@ -13,6 +13,8 @@ compare (`taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/context_length.py
 
     python benchmarks/context_length.py ../shared/data/wikitext-103-v1 --block_sizes 256 1024 2048 --seeds 0 1 2
     python benchmarks/context_length.py DATA --summarise_only        # tables, JSON and plots of finished runs
+    python benchmarks/context_length.py DATA --block_sizes 256 --arm_steps study-serpent-slow=287 \
+        --output_dir runs/equal-time                                 # equal training time (see --arm_steps)
 
 A finished run (its eval_results.json exists) is not trained again, so an interrupted sweep resumes.
 Writes OUTPUT_DIR/context_length.json and context_length.png (held-out loss against position, top-1
@@ -48,18 +50,25 @@ def parse():
     parser.add_argument("--arms", nargs="+", default=["study-serpent-slow", "study-mamba-14L"], choices=list(ARMS))
     parser.add_argument("--buckets", type=int, nargs="+", default=list(POSITION_BUCKETS),
                         help="upper ends of the position buckets (1-based, inclusive)")
+    parser.add_argument("--arm_steps", nargs="+", default=[], metavar="ARM=STEPS",
+                        help="train ARM for STEPS steps instead of --max_steps (equal training time: give the faster "
+                             "model the steps that take the slower one's --max_steps seconds)")
     parser.add_argument("--summarise_only", action="store_true", help="skip training; report the finished runs")
     args = parser.parse_args()
+    try:
+        args.arm_steps = {arm: int(steps) for arm, steps in (item.split("=") for item in args.arm_steps)}
+    except ValueError:
+        parser.error(f"--arm_steps takes ARM=STEPS items, got {args.arm_steps}")
     for block_size in args.block_sizes:
         if args.tokens_per_step % block_size:
             parser.error(f"--tokens_per_step {args.tokens_per_step} is not a multiple of block size {block_size}")
     return args
 
 
-def run_options(args, block_size):
-    """quality_wikitext's options for one block size: batch = tokens_per_step / block_size."""
+def run_options(args, block_size, arm):
+    """quality_wikitext's options for one block size and arm: batch = tokens_per_step / block_size."""
     return argparse.Namespace(block_size=block_size, batch_size=args.tokens_per_step // block_size,
-                              max_steps=args.max_steps, learning_rate=args.learning_rate,
+                              max_steps=args.arm_steps.get(arm, args.max_steps), learning_rate=args.learning_rate,
                               eval_steps=args.eval_steps, held_out=args.held_out)
 
 
@@ -121,7 +130,7 @@ def summarise_block(args, output_dir, block_size, text, flops):
         directories = [d for d in directories if (d / "eval_results.json").is_file()]
         if not directories:
             continue
-        options = run_options(args, block_size)
+        options = run_options(args, block_size, arm)
         runs = []
         for directory in directories:
             run = summarise(directory, options.batch_size, block_size)
@@ -137,7 +146,7 @@ def summarise_block(args, output_dir, block_size, text, flops):
             "top5": mean_std([run["final"]["top5_accuracy"] for run in runs]),
             "perplexity": mean_std([run["final"]["perplexity"] for run in runs]),
             "loss": mean_std([run["final"]["loss"] for run in runs]),
-            "train_seconds": mean_std([run["train_seconds"] for run in runs]),
+            "steps": runs[0]["steps"], "train_seconds": mean_std([run["train_seconds"] for run in runs]),
             "by_position": {name: {key: mean_std([run["positions"]["buckets"][i][key] for run in runs])
                                    for key in ("loss", "top1")} for i, name in enumerate(buckets)},
             "loss_curve": [statistics.fmean(run["positions"]["loss_curve"][i] for run in runs)
@@ -170,7 +179,7 @@ def main():
             for block_size in args.block_sizes:
                 for arm in args.arms:
                     directory = run_directory(output_dir, block_size, arm, seed)
-                    train_run(run_options(args, block_size), arm, seed, directory, data, output_dir / "cache")
+                    train_run(run_options(args, block_size, arm), arm, seed, directory, data, output_dir / "cache")
     text = held_out_lines(data, args.held_out)
     flops = {}
     results = {"data": str(data), "articles": len(articles), "held_out_articles": args.held_out,

@@ -164,7 +164,8 @@ def summarise(directory, batch_size, block_size):
     card = (directory / "README.md").read_text()
     parameters = int(next(line for line in card.splitlines() if line.startswith("| parameters |"))
                      .split("|")[2].strip().replace(",", ""))
-    evals = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    # the periodic evaluations, or the final one alone when the run was shorter than --eval_steps
+    evals = [entry for entry in state["log_history"] if "eval_loss" in entry] or [{**final, "step": state["global_step"]}]
     best = min(evals, key=lambda entry: entry["eval_loss"])
     runtime = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
     resampling = [entry for entry in state["log_history"] if any(key.startswith("resampling/") for key in entry)]
@@ -177,7 +178,7 @@ def summarise(directory, batch_size, block_size):
             "tokens_trained": state["global_step"] * batch_size * block_size,
             "epochs": state["log_history"][-1].get("epoch"), "train_seconds": round(runtime, 1),
             "final": metrics(final), "best_eval_step": best["step"], "best": metrics(best),
-            "final_train_loss": next(e["loss"] for e in reversed(state["log_history"]) if "loss" in e),
+            "final_train_loss": next((e["loss"] for e in reversed(state["log_history"]) if "loss" in e), None),
             # M/L and Δ's spread per layer and branch over the last logging interval
             "resampling": {key: value for key, value in (resampling[-1] if resampling else {}).items()
                            if key.startswith("resampling/")},
@@ -193,7 +194,8 @@ def aggregate(runs):
             values = [run[point][key] for run in runs]
             result[point][key] = {"mean": statistics.fmean(values),
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    result["final_train_loss"] = statistics.fmean(run["final_train_loss"] for run in runs)
+    losses = [run["final_train_loss"] for run in runs if run["final_train_loss"] is not None]
+    result["final_train_loss"] = statistics.fmean(losses) if losses else float("nan")
     keys = runs[0]["resampling"].keys()
     result["resampling"] = {key: statistics.fmean(run["resampling"][key] for run in runs) for key in keys}
     return result

@@ -1,0 +1,103 @@
+"""The quality benchmarks on the fixture text at toy scale: what they report must be what the runs measured
+(a short run used to crash after training, and a report that disagrees with its runs would mislead)."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from .conftest import CORPUS, ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import sparse_copying  # noqa: E402
+
+
+def run_script(name, *options, cwd):
+    finished = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, options)], cwd=cwd,
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_one_evaluation_interval_reports_its_final_metrics(tmp_path):
+    run_script("quality_wikitext.py", CORPUS, "--output_dir", tmp_path, "--max_steps", 2, "--eval_steps", 50,
+               "--batch_size", 2, "--block_size", 32, "--held_out", 2, "--models", "study-serpent-slow", "study-mamba-4L",
+               cwd=tmp_path)
+    results = json.loads((tmp_path / "quality_wikitext.json").read_text())
+    assert results["eval_articles"] == 2 and results["same_tokenizer"]
+    for arm in ("study-serpent-slow", "study-mamba-4L"):
+        measured = json.loads((tmp_path / arm / "eval_results.json").read_text())
+        row = results["arms"][arm]
+        assert row["final"]["top1_accuracy"]["mean"] == pytest.approx(measured["eval_top1_accuracy"])
+        assert row["best"] == row["final"]  # no evaluation before the end: the best is the final one
+        assert results["runs"][arm][0]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_the_context_sweep_holds_tokens_per_step_and_its_positions_average_to_the_runs_loss(tmp_path):
+    run_script("context_length.py", CORPUS, "--output_dir", tmp_path, "--block_sizes", 32, 64, "--tokens_per_step", 64,
+               "--max_steps", 2, "--eval_steps", 1, "--held_out", 2, "--seeds", 0, "--arms", "study-serpent-slow",
+               "study-mamba-4L", "--arm_steps", "study-serpent-slow=3", cwd=tmp_path)
+    results = json.loads((tmp_path / "context_length.json").read_text())
+    assert sorted(results["block_sizes"], key=int) == ["32", "64"]
+    for block_size, arms in results["block_sizes"].items():
+        for arm, row in arms.items():
+            run = row["runs"][0]
+            assert run["tokens_trained"] == run["steps"] * 64  # batch = tokens per step / block size
+            assert run["steps"] == (3 if arm == "study-serpent-slow" else 2)
+            buckets = run["positions"]["buckets"]
+            assert buckets[-1]["last"] == int(block_size) - 1
+            mean = sum(b["loss"] * b["tokens"] for b in buckets) / sum(b["tokens"] for b in buckets)
+            assert mean == pytest.approx(run["final"]["loss"], rel=1e-4)  # the blocks the Trainer evaluated
+            state = json.loads((tmp_path / f"block{block_size}" / arm / "seed0" / "trainer_state.json").read_text())
+            runtime = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
+            assert 0 < run["train_seconds"] < runtime  # the evaluations during training are not training time
+            assert row["flops_per_token"] > 0
+    assert (tmp_path / "context_length.png").stat().st_size > 0
+
+
+def test_a_copying_example_holds_its_content_in_order_after_the_marker():
+    ids, labels, positions = sparse_copying.make_examples(5, 40, 3, 6, torch.Generator().manual_seed(0))
+    assert ids.shape == labels.shape == (5, 40 + 1 + 3)
+    for row in range(5):
+        content = ids[row, positions[row]]
+        assert ((content >= sparse_copying.FIRST_CONTENT) & (content < sparse_copying.FIRST_CONTENT + 6)).all()
+        body = ids[row, :40].clone()
+        body[positions[row]] = sparse_copying.FILLER
+        assert (body == sparse_copying.FILLER).all()  # everything else is filler
+        assert ids[row, 40] == sparse_copying.MARKER
+        assert torch.equal(ids[row, 41:], content) and torch.equal(labels[row, 41:], content)
+        assert (labels[row, :41] == sparse_copying.IGNORE).all()  # only the copies are scored
+
+
+def test_copy_accuracy_scores_the_copies_and_nothing_else():
+    ids, labels, _ = sparse_copying.make_examples(4, 20, 2, 5, torch.Generator().manual_seed(1))
+
+    class Copier(torch.nn.Module):
+        """Certain of the true next token at the copy positions, of a wrong one wherever `wrong` is set."""
+
+        def __init__(self, wrong):
+            super().__init__()
+            self.wrong, self.seen = wrong, 0
+
+        def forward(self, input_ids):
+            following = torch.roll(input_ids, -1, dims=1)
+            wrong = self.wrong[self.seen:self.seen + len(input_ids)]  # the rows of this batch
+            self.seen += len(input_ids)
+            following[wrong] = sparse_copying.FILLER  # filler is never a right copy
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(following, 16).float())
+
+    perfect = torch.zeros_like(ids, dtype=torch.bool)
+    assert sparse_copying.copy_accuracy(Copier(perfect), ids, labels, 3) == (1.0, 1.0)
+    one_wrong = perfect.clone()
+    one_wrong[0, 20] = True  # the marker, which predicts the first copy of the first example
+    assert sparse_copying.copy_accuracy(Copier(one_wrong), ids, labels, 3) == (7 / 8, 3 / 4)
+    elsewhere = perfect.clone()
+    elsewhere[:, :20] = True  # wrong on the filler, which is not scored
+    assert sparse_copying.copy_accuracy(Copier(elsewhere), ids, labels, 3) == (1.0, 1.0)
