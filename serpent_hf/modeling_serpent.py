@@ -253,7 +253,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
             does not move the clock and is invisible to every real token.
         cache: a SeRpEntCache to continue from (returned by the previous call with use_cache=True);
             `past_key_values` is the same argument under its name before transformers 5.24.
-        output_deltas: also return Δ of every element, per layer and branch.
+        output_deltas: also return Δ of every element, per layer and branch (on a one-token step too).
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -274,7 +274,9 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 "a decoding step advances the cache in place, and gradient checkpointing would run it again in the "
                 "backward pass: decode under torch.no_grad(), in eval mode, or after gradient_checkpointing_disable()"
             )
-        if single_step and not output_hidden_states:
+        # The one-token path returns neither hidden states nor Δ; asked for them, a step runs as a chunk of length
+        # one (the same numbers, exact; slower).
+        if single_step and not (output_hidden_states or output_deltas):
             hidden_states = decode_one_token(self, cache, hidden_states[:, 0]).unsqueeze(1)
             cache.num_tokens += 1
             output = SeRpEntModelOutput(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
