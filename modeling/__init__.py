@@ -13,7 +13,7 @@ Read in this order, which is the order of DESIGN.md:
 """
 
 from .block import BlockOutput, ConcatProjection, RMSNorm, SeRpEntBlock
-from .branch import Branch, BranchOutput, BranchStatistics
+from .branch import Branch, BranchOutput, BranchStatistics, host_reads_are_free
 from .mamba_mixer import MambaMixer
 from .resampling import (
     CLOCK_QUANTUM,
@@ -28,6 +28,7 @@ from .selectivity import EmbeddingSelectivity
 from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
+    "host_reads_are_free",
     "CLOCK_QUANTUM",
     "BlockOutput",
     "Branch",

@@ -35,8 +35,9 @@ class BranchOutput(NamedTuple):
 
 
 def host_reads_are_free(device):
-    """Whether reading a tensor's values on the host costs no device synchronisation (a CPU tensor)."""
-    return device.type == "cpu"
+    """Whether reading a tensor's values on the host costs no device synchronisation (a CPU tensor) and breaks no
+    graph (not while torch.compile traces, where a read would split the step into pieces)."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def build_mixer(config):

@@ -12,7 +12,7 @@ mask creation) that cannot work on a recurrent state. Instead it answers the few
 generate() asks of any cache, a protocol read from transformers 5.17 and 5.24:
 
     get_seq_length()          tokens consumed so far (prefill slicing, position ids)
-    is_compileable            False: generate() must not torch.compile the decoding step
+    is_compileable            True: generate() may torch.compile the one-token step
     is_linear                 one True per layer: every layer is a recurrent (linear-attention
                               style) state, so generate() leaves prompt slicing to the model's
                               prepare_inputs_for_generation and builds no attention mask (5.24)
@@ -45,8 +45,9 @@ def config_signature(config):
 
 
 class SeRpEntCache:
-    # Read by generate(): no torch.compile of the step (on a CPU it reads which rows emit to skip the others).
-    is_compileable = False
+    # Read by generate(): the one-token step may be compiled (given a compile_config; on a GPU by default). Its
+    # tensors keep their shapes from token to token, and a step read by torch.compile reads nothing on the host.
+    is_compileable = True
 
     def __init__(self, config, layer_states, num_tokens=0, selectivity_state=None):
         self.signature = config_signature(config)

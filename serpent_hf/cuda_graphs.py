@@ -17,7 +17,8 @@ import torch
 def decode_one_token(model, cache, embeddings):
     """SeRpEntModel's decoding step on embeddings (b, d) -> (b, d): replayed from a CUDA graph when
     config.use_cuda_graphs and the model is on a GPU (recorded at a cache's first step), else run eagerly."""
-    if not (model.config.use_cuda_graphs and embeddings.is_cuda):
+    # Under torch.compile (generate's compile_config) the compiler owns the step, CUDA graphs included.
+    if not (model.config.use_cuda_graphs and embeddings.is_cuda) or torch.compiler.is_compiling():
         return model.decoding_step(embeddings, cache)
     if cache.decode_step is None:
         cache.decode_step = StaticDecodeStep(model, cache).capture()

@@ -32,6 +32,7 @@ from .modeling import (
     S4DMixer,
     SeRpEntBlock,
     SelectivityNetwork,
+    host_reads_are_free,
 )
 
 
@@ -205,7 +206,10 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if length == 0 and (cache is None or cache.num_tokens == 0):
             raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
-        if input_ids is not None and input_ids.numel() > 0:
+        decoding_step = cache is not None and length == 1
+        # Ids are read on the host at prefill and wherever a read is free; a compiled or GPU decoding step reads
+        # nothing (its ids come from generate's own sampling, and nn.Embedding still refuses one out of range).
+        if input_ids is not None and input_ids.numel() > 0 and not (decoding_step and not host_reads_are_free(input_ids.device)):
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -268,7 +272,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
 
         # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
         resuming = cache is not None
-        single_step = resuming and length == 1 and (valid is None or bool(valid.all()))
+        single_step = resuming and length == 1 and (valid is None or (not torch.compiler.is_compiling() and bool(valid.all())))
         if single_step and checkpointing:
             raise ValueError(
                 "a decoding step advances the cache in place, and gradient checkpointing would run it again in the "
@@ -339,6 +343,16 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls):
         # generate() must not create an attention DynamicCache: the first forward creates a SeRpEntCache.
         return False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, *args):
+        """generate() compiles the one-token step (`compile_config`, see the README) only when a compileable cache
+        exists before the prefill, so with a compile_config an empty SeRpEntCache is made here for every row
+        (after beam or sequence expansion); otherwise the prefill's forward makes it, as before."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size, *args)
+        wants_compile = generation_config.compile_config is not None and not generation_config.disable_compile
+        if wants_compile and generation_config.use_cache and model_kwargs.get(CACHE_NAME) is None:
+            rows = max(generation_config.num_beams, generation_config.num_return_sequences) * batch_size
+            model_kwargs[CACHE_NAME] = self.model.empty_cache(rows)
 
     def prepare_inputs_for_generation(
         self, input_ids, cache=None, attention_mask=None, inputs_embeds=None, use_cache=True, past_key_values=None,
