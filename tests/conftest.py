@@ -101,6 +101,26 @@ def selectivity_networks(base_model):
             if branch.resampler is not None]
 
 
+# The tolerance of decoding tests on logits: logits of a step against the full forward pass's. The fixture's
+# compressed branches move the logits about 10,000 times as much (tests/test_fixtures.py checks it).
+DECODING_TOLERANCE = 1e-4
+
+
+def assert_steps_match_forward(model, generated, prompt_length, attention_mask=None, rows=None):
+    """The logits of every generation step (generate(..., output_logits=True, return_dict_in_generate=True)) equal
+    those of one forward pass over the generated sequences, within DECODING_TOLERANCE. attention_mask: the
+    prompt's (extended over the new tokens here); rows: which forward rows the steps' rows are (beam search)."""
+    sequences = generated.sequences
+    steps = torch.stack(generated.logits, dim=1)  # (b, new tokens, vocab)
+    if attention_mask is not None:
+        extra = sequences.shape[1] - attention_mask.shape[1]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(attention_mask), extra)], dim=1)
+    with torch.no_grad():
+        full = model(sequences, attention_mask=attention_mask).logits[:, prompt_length - 1 : -1]
+    assert steps.shape[1] > 0 and steps.shape == full.shape
+    torch.testing.assert_close(steps, full, rtol=0, atol=DECODING_TOLERANCE)
+
+
 def cache_of(output):
     """The cache in a model output, under the installed transformers' name for it (see serpent_hf.compat)."""
     return getattr(output, CACHE_NAME)
