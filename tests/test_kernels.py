@@ -5,7 +5,6 @@ and run only where a CUDA GPU and the `cuda` extra are present; the rest check, 
 machine, the parts of that machinery that do not need a GPU.
 """
 
-import sys
 import types
 
 import pytest
@@ -25,18 +24,13 @@ def fake_cuda_tensor():
     return types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
 
 
-def test_no_optional_kernel_package_is_imported_at_load_or_on_cpu():
-    model = tiny_model(seed=0)
-    model(torch.randint(3, 97, (1, 12)))
-    assert not {"mamba_ssm", "causal_conv1d"} & set(sys.modules)
+# That no kernel package is looked for on a CPU, and that a missing kernel warns once: tests/test_promises.py.
 
 
-def test_missing_or_broken_kernels_fall_back_with_one_warning(monkeypatch):
+def test_requiring_missing_kernels_is_an_error_naming_the_reason(monkeypatch):
     kernels._warn_fallback.cache_clear()
     monkeypatch.setattr(kernels, "_load", lambda name: (None, f"{name}: OSError: undefined symbol in the extension"))
-    with pytest.warns(UserWarning, match="undefined symbol"):
-        assert kernels.kernel("selective_scan_fn", fake_cuda_tensor(), None) is None
-    with pytest.raises(kernels.KernelsUnavailableError, match="use_kernels=True but selective_scan_fn"):
+    with pytest.raises(kernels.KernelsUnavailableError, match="use_kernels=True but selective_scan_fn.*undefined"):
         kernels.kernel("selective_scan_fn", fake_cuda_tensor(), True)
 
 
