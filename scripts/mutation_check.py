@@ -110,7 +110,7 @@ MUTANTS = [
            "GPU-style decoding: the rows that do not emit take the stepped SSM state"),
     Mutant("padding_in_delta_window", "modeling/selectivity.py",
            "            u = u * valid.unsqueeze(-1)\n",
-           "",
+           "            u = u\n",
            "padding scores enter θ_Δ's window (delta_window > 1)"),
     Mutant("kernels_loaded_on_cpu", "modeling/kernels.py",
            "    if not tensor.is_cuda:\n        if use_kernels is True:",
@@ -180,7 +180,9 @@ def run_tests(copy, tests, timeout):
     if done.returncode == 0:
         return None, seconds
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.MULTILINE)
-    return (failed[0] if failed else f"(pytest exit {done.returncode}: {done.stdout[-300:]!r})"), seconds
+    if not failed:  # no test failed, yet pytest did not pass: collection or usage error, not a caught mutant
+        sys.exit(f"pytest exited {done.returncode} without a failing test:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return failed[0], seconds
 
 
 def main(argv=None):
@@ -210,6 +212,10 @@ def main(argv=None):
             if count != 1:
                 sys.exit(f"mutant {mutant.name}: its text occurs {count} times in {mutant.path} (expected once); "
                          "the code changed: update the mutant")
+            try:  # a mutant that does not compile would be "caught" by any test: it must be a real program
+                compile(text.replace(mutant.old, mutant.new), str(target), "exec")
+            except SyntaxError as error:
+                sys.exit(f"mutant {mutant.name} does not compile ({error}): fix the mutant")
         failed, seconds = run_tests(copy, args.tests, args.timeout)
         if failed is not None:
             sys.exit(f"the unmutated copy fails {failed}: fix the suite first")
