@@ -91,8 +91,12 @@ def _contiguous_state(module, state_dict, prefix, local_metadata):
 def optimize_for_cpu(model):
     """Apply both changes above to every plain nn.Linear of `model`, in place; returns the model. A weight shared by
     several modules (the LM head tied to the embeddings) is re-laid once, for all of them."""
+    # The layer a LoRA adapter (peft) wraps is left alone with its wrapper: peft merges adapters into it by writing
+    # to weight.data, which no version counter records, so a packed copy of it would go stale.
+    wrapped = {id(module.base_layer) for module in model.modules() if isinstance(getattr(module, "base_layer", None),
+                                                                               nn.Module)}
     for module in model.modules():
-        if not _packable(module):
+        if id(module) in wrapped or not _packable(module):
             continue
         module.__class__ = PACKED_CLASSES[type(module)]
         weight = module.weight

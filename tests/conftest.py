@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models that run in milliseconds on a CPU."""
 
+import math
 import os
 import subprocess
 import sys
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from serpent_hf.modeling import SelectiveResampler
+from serpent_hf.modeling import ConcatProjection, SelectiveResampler
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 from serpent_hf.compat import CACHE_NAME
 
@@ -53,16 +55,42 @@ def tiny_config(**overrides):
     return SeRpEntConfig(**fields)
 
 
-def tiny_model(seed=0, **overrides):
-    """A random model whose selectivity network is not at its initial (nearly constant) Δ,
-    so the resampling decisions actually depend on the tokens."""
+# How sharp the fixture is (issue 25). At init the blocks barely move the logits (every block switched off
+# changes them by 6e-3 against a spread of 0.13) and the head is a copy of random embeddings, so tests of
+# decoding passed with the blocks zeroed. Scaled like this, the compressed branches alone move the logits by
+# about 1.2 against a spread of 3 (tests/test_fixtures.py holds the fixture to that).
+LAYER_WEIGHT_GAIN = 3.0  # every Linear inside the blocks, as tests/test_exact_decoding.py's sharp model
+PROJECTION_GAIN = 1.0  # each branch's share of the concat projection passes its output at about unit gain
+HEAD_GAIN = 3.0  # the LM head, untied from the embeddings: logits with a spread of about 3
+
+
+def tiny_model(seed=0, sharp=True, **overrides):
+    """A random model whose selectivity network is not at its initial (nearly constant) Δ, so the
+    resampling decisions actually depend on the tokens, and (sharp=True) whose blocks and compressed
+    branches decide its logits: weights scaled as described above, the head its own random matrix."""
     torch.manual_seed(seed)
+    if sharp:
+        overrides.setdefault("tie_word_embeddings", False)
     model = SeRpEntForCausalLM(tiny_config(**overrides)).eval()
     with torch.no_grad():
         for network in selectivity_networks(model.model):
             network.weight.normal_(0.0, 1.0)
             network.bias.normal_(0.0, 1.0)
+        if sharp:
+            sharpen(model)
     return model
+
+
+def sharpen(model):
+    """Scale a fresh model's block weights and draw its (untied) head, in place (see LAYER_WEIGHT_GAIN)."""
+    hidden = model.config.hidden_size
+    for module in model.model.layers.modules():
+        if isinstance(module, ConcatProjection):
+            module.weight.normal_(0.0, PROJECTION_GAIN / math.sqrt(hidden))
+        elif isinstance(module, nn.Linear):
+            module.weight.mul_(LAYER_WEIGHT_GAIN)
+    if model.lm_head.weight is not model.model.embeddings.weight:
+        model.lm_head.weight.normal_(0.0, HEAD_GAIN / math.sqrt(hidden))
 
 
 def selectivity_networks(base_model):
@@ -71,6 +99,26 @@ def selectivity_networks(base_model):
         return [base_model.selectivity]
     return [branch.resampler.selectivity for layer in base_model.layers for branch in layer.branches
             if branch.resampler is not None]
+
+
+# The tolerance of decoding tests on logits: logits of a step against the full forward pass's. The fixture's
+# compressed branches move the logits about 10,000 times as much (tests/test_fixtures.py checks it).
+DECODING_TOLERANCE = 1e-4
+
+
+def assert_steps_match_forward(model, generated, prompt_length, attention_mask=None, rows=None):
+    """The logits of every generation step (generate(..., output_logits=True, return_dict_in_generate=True)) equal
+    those of one forward pass over the generated sequences, within DECODING_TOLERANCE. attention_mask: the
+    prompt's (extended over the new tokens here); rows: which forward rows the steps' rows are (beam search)."""
+    sequences = generated.sequences
+    steps = torch.stack(generated.logits, dim=1)  # (b, new tokens, vocab)
+    if attention_mask is not None:
+        extra = sequences.shape[1] - attention_mask.shape[1]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(attention_mask), extra)], dim=1)
+    with torch.no_grad():
+        full = model(sequences, attention_mask=attention_mask).logits[:, prompt_length - 1 : -1]
+    assert steps.shape[1] > 0 and steps.shape == full.shape
+    torch.testing.assert_close(steps, full, rtol=0, atol=DECODING_TOLERANCE)
 
 
 def cache_of(output):

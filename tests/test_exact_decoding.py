@@ -9,7 +9,6 @@ states that the two paths round differently): `benchmarks/decoding_drift.py` mea
 
 import pytest
 import torch
-from torch import nn
 
 from .conftest import cache_of, tiny_model
 
@@ -17,13 +16,9 @@ LENGTH = 2000
 
 
 def sharp_model(seed, delta_source="embedding", layers=4):
-    """A 4-layer model with θ_Δ far from its init and every projection scaled 3x (as sharp as a trained model)."""
-    model = tiny_model(seed=seed, num_hidden_layers=layers, delta_source=delta_source)
-    with torch.no_grad():
-        for name, module in model.model.layers.named_modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(3.0)
-    return model
+    """A 4-layer model with θ_Δ far from its init and every projection in its blocks scaled 3x (as sharp as a
+    trained model): the fixture's own sharpening (conftest.LAYER_WEIGHT_GAIN), with an untied head."""
+    return tiny_model(seed=seed, num_hidden_layers=layers, delta_source=delta_source)
 
 
 def emitted_by_forward(model, ids, attention_mask=None):

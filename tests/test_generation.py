@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from serpent_hf import SeRpEntCache
 from serpent_hf.compat import CACHE_NAME
 
-from .conftest import cache_of, stepwise_logits, tiny_model
+from .conftest import DECODING_TOLERANCE, assert_steps_match_forward, cache_of, stepwise_logits, tiny_model
 
 RATE_SETS = [[1.0], [1.0, 0.5, 0.25], [0.3], [1.0, 0.9, 0.1], [0.5, 0.7]]
 
@@ -38,7 +38,7 @@ def test_generation_matches_forward(rates, length, prefill, neighbors, batch, se
     with torch.no_grad():
         full = model(ids).logits
         stepped, cache = stepwise_logits(model, ids, min(prefill, length))
-    assert (stepped - full).abs().max().item() < 1e-4
+    assert (stepped - full).abs().max().item() < DECODING_TOLERANCE
     assert cache.num_tokens == length
 
 
@@ -80,12 +80,17 @@ def test_greedy_generate_of_a_left_padded_batch_equals_each_row_alone():
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
         ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
-    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0, output_logits=True,
+                  return_dict_in_generate=True)
     with torch.no_grad():
-        batched = model.generate(ids, attention_mask=mask, **kwargs)[:, width:]
+        batched = model.generate(ids, attention_mask=mask, **kwargs)
+        assert_steps_match_forward(model, batched, width, attention_mask=mask)
         for i, row in enumerate(rows):
-            alone = model.generate(row[None], **kwargs)[0, len(row) :]
-            assert torch.equal(batched[i], alone)
+            alone = model.generate(row[None], **kwargs)
+            assert torch.equal(batched.sequences[i, width:], alone.sequences[0, len(row) :])
+            # Each step's logits, not only the token they pick: a row's padding changes nothing it computes.
+            torch.testing.assert_close(torch.stack(batched.logits, 1)[i], torch.stack(alone.logits, 1)[0], rtol=0,
+                                       atol=DECODING_TOLERANCE)
 
 
 def test_beam_search_scores_equal_full_forward_log_probabilities():
@@ -112,11 +117,13 @@ def test_sampling_modes_run_through_the_cache_and_respect_the_seed():
     kwargs = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=10, num_return_sequences=2,
                   eos_token_id=None, pad_token_id=0)
     torch.manual_seed(0)
-    first = model.generate(prompt, **kwargs)
+    out = model.generate(prompt, **kwargs, output_logits=True, return_dict_in_generate=True)
+    first = out.sequences
     torch.manual_seed(0)
     second = model.generate(prompt, **kwargs)
     assert first.shape == (4, 15) and torch.equal(first, second)
     assert torch.equal(first[0::2, :5], prompt) and torch.equal(first[1::2, :5], prompt)
+    assert_steps_match_forward(model, out, prompt.shape[1])  # each sampled step saw the forward pass's logits
 
 
 def test_cache_memory_is_constant_in_the_number_of_generated_tokens():
@@ -301,11 +308,16 @@ def test_generate_from_embeddings_equals_generate_from_their_ids(num_beams):
     ids = torch.randint(3, 97, (2, 6))
     embeds = model.get_input_embeddings()(ids).detach()
     with torch.no_grad():
-        from_ids = model.generate(ids, max_new_tokens=5, num_beams=num_beams, **GREEDY)
-        from_embeds = model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=num_beams, **GREEDY)
+        scored = dict(output_logits=True, return_dict_in_generate=True)
+        from_ids = model.generate(ids, max_new_tokens=5, num_beams=num_beams, **GREEDY, **scored)
+        from_embeds = model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=num_beams, **GREEDY, **scored)
         with_both = model.generate(ids, inputs_embeds=embeds, max_new_tokens=5, num_beams=num_beams, **GREEDY)
-    assert torch.equal(from_embeds, from_ids[:, 6:])
-    assert torch.equal(with_both, from_ids)
+    assert torch.equal(from_embeds.sequences, from_ids.sequences[:, 6:])
+    assert torch.equal(with_both, from_ids.sequences)
+    torch.testing.assert_close(torch.stack(from_embeds.logits), torch.stack(from_ids.logits), rtol=0,
+                               atol=DECODING_TOLERANCE)
+    if num_beams == 1:
+        assert_steps_match_forward(model, from_ids, ids.shape[1])
 
 
 def test_generation_from_embeddings_continues_from_its_cache():
@@ -329,8 +341,11 @@ def test_generation_continued_from_a_returned_cache_equals_one_uninterrupted_gen
     with torch.no_grad():
         whole = model.generate(ids, max_new_tokens=5, **GREEDY)
         first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
-        rest = model.generate(first.sequences, **{name: cache_of(first)}, max_new_tokens=3, **GREEDY)
-        assert torch.equal(rest, whole)
+        rest = model.generate(first.sequences, **{name: cache_of(first)}, max_new_tokens=3, output_logits=True,
+                              return_dict_in_generate=True, **GREEDY)
+        assert torch.equal(rest.sequences, whole)
+        assert_steps_match_forward(model, rest, first.sequences.shape[1])  # the cache carried the whole state
+        rest = rest.sequences
         first = model.generate(ids, max_new_tokens=2, return_dict_in_generate=True, **GREEDY)
         mask = torch.ones_like(first.sequences)  # transformers' convention: the mask covers the whole sequence
         rest = model.generate(first.sequences, attention_mask=mask, **{name: cache_of(first)}, max_new_tokens=3,

@@ -5,7 +5,6 @@ and run only where a CUDA GPU and the `cuda` extra are present; the rest check, 
 machine, the parts of that machinery that do not need a GPU.
 """
 
-import sys
 import types
 
 import pytest
@@ -25,18 +24,13 @@ def fake_cuda_tensor():
     return types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
 
 
-def test_no_optional_kernel_package_is_imported_at_load_or_on_cpu():
-    model = tiny_model(seed=0)
-    model(torch.randint(3, 97, (1, 12)))
-    assert not {"mamba_ssm", "causal_conv1d"} & set(sys.modules)
+# That no kernel package is looked for on a CPU, and that a missing kernel warns once: tests/test_promises.py.
 
 
-def test_missing_or_broken_kernels_fall_back_with_one_warning(monkeypatch):
+def test_requiring_missing_kernels_is_an_error_naming_the_reason(monkeypatch):
     kernels._warn_fallback.cache_clear()
     monkeypatch.setattr(kernels, "_load", lambda name: (None, f"{name}: OSError: undefined symbol in the extension"))
-    with pytest.warns(UserWarning, match="undefined symbol"):
-        assert kernels.kernel("selective_scan_fn", fake_cuda_tensor(), None) is None
-    with pytest.raises(kernels.KernelsUnavailableError, match="use_kernels=True but selective_scan_fn"):
+    with pytest.raises(kernels.KernelsUnavailableError, match="use_kernels=True but selective_scan_fn.*undefined"):
         kernels.kernel("selective_scan_fn", fake_cuda_tensor(), True)
 
 
@@ -58,15 +52,39 @@ def test_static_buffer_decoding_step_matches_eager_decoding():
     assert (torch.stack(logits, 1) - full[:, 5:]).abs().max().item() < 1e-4
 
 
+def without_the_ssms(model):
+    """A copy of `model` whose every mixer outputs zero: what the SSMs contribute is measured against it."""
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer in copy.model.layers:
+            for branch in layer.branches:
+                branch.mixer.out_proj.weight.zero_()
+    return copy.to(next(model.parameters()).dtype).eval()
+
+
+def ssm_states(cache):
+    return [state.mixer.ssm for layer in cache.layer_states for state in layer]
+
+
 def test_bfloat16_autocast_training_stays_finite_with_float32_ssm_state():
+    """Under bfloat16 autocast the SSM state stays float32 and the clock float64; the loss moves by a small part
+    of what the SSMs contribute to it (not by a tolerance the size of that contribution)."""
     model = tiny_model(seed=3).train()
     ids = torch.randint(3, 97, (2, 40))
-    reference = model(ids, labels=ids).loss.item()
+    with torch.no_grad():
+        reference = model(ids, labels=ids).loss.item()
+        signal = abs(without_the_ssms(model)(ids, labels=ids).loss.item() - reference)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(ids, labels=ids, use_cache=False, output_deltas=True)
+        out = model(ids, labels=ids, use_cache=True, output_deltas=True)
     out.loss.backward()
-    assert torch.isfinite(out.loss) and abs(out.loss.item() - reference) / reference < 0.05
-    assert out.deltas.dtype == torch.float64  # the clock is never autocast
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - reference) < 0.05 * signal
+    assert out.logits.dtype == torch.float32 and out.deltas.dtype == torch.float64  # the clock is never autocast
+    assert {state.dtype for state in ssm_states(cache_of(out))} == {torch.float32}
+    for layer in cache_of(out).layer_states:
+        for state in layer:
+            if state.resampling is not None:
+                assert state.resampling.clock.dtype == state.resampling.emitted.dtype == torch.float64
     for name, parameter in model.named_parameters():
         assert parameter.dtype == torch.float32, name
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
@@ -196,6 +214,8 @@ def test_kernel_decoding_and_cuda_graph_decoding_match_eager_pytorch_decoding():
 
 @pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
 def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp_path, delta_source):
+    """Loaded in bfloat16, A_log, D and θ_Δ stay float32, the SSM state stays float32 in a forward pass and in
+    decoding steps from an empty cache, and the logits move by a small part of what the SSMs contribute."""
     model = tiny_model(seed=6, delta_source=delta_source)
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
@@ -206,14 +226,21 @@ def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp
     ids = torch.randint(3, 97, (2, 30))
     with torch.no_grad():
         low, full = loaded(ids).logits, model(ids).logits
-    assert torch.isfinite(low).all() and (low - full).abs().max().item() < 0.05
+        signal = (without_the_ssms(model)(ids).logits - full).abs().mean()
+        assert {state.dtype for state in ssm_states(cache_of(loaded(ids, use_cache=True)))} == {torch.float32}
+        cache = loaded.model.empty_cache(2)
+        for position in range(3):
+            loaded(ids[:, position : position + 1], past_key_values=cache)
+        assert {state.dtype for state in ssm_states(cache)} == {torch.float32}
+    # Measured: 0.9% (embedding) and 5.7% (hidden: bfloat16 hidden states move some Δ, and emissions with them).
+    assert torch.isfinite(low).all() and (low - full).abs().mean() < 0.1 * signal
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_model_built_in_half_precision_keeps_the_same_parameters_in_float32_as_a_loaded_one(tmp_path, dtype):
     """_from_config / AutoModelForCausalLM.from_config(dtype=...) keep A_log, D and θ_Δ (`selectivity`) in float32,
     as from_pretrained does, and initialise them in float32 (A_log = log n exactly)."""
-    tiny_model(seed=6).save_pretrained(tmp_path)
+    tiny_model(seed=6, sharp=False).save_pretrained(tmp_path)  # tied, as tiny_config() builds it
     loaded = SeRpEntForCausalLM.from_pretrained(tmp_path, dtype=dtype)
     built = {"_from_config": SeRpEntForCausalLM._from_config(tiny_config(), dtype=dtype),
              "Auto from_config": AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)}

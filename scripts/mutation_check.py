@@ -1,0 +1,248 @@
+"""Mutation check: plant plausible bugs in a copy of the package, one at a time, and show the tests catch each.
+
+    python scripts/mutation_check.py                    # every mutant; writes benchmarks/results/mutation_check.txt
+    python scripts/mutation_check.py --only tie_side    # some of them, by name
+
+The repository is copied to a temporary folder laid out as an installed wheel lays it out (modeling/, training/
+and model_cards/ inside serpent_hf/), so the tests run there import the copy, never this checkout (the script
+checks that). Each mutant is one text substitution in one file; the substitution must find its text exactly
+once, so when the code changes the script fails loudly instead of planting nothing. For each mutant a fast subset
+of the suite (TESTS, without slow tests) runs until its first failure; the table names that failing test, or
+MISSED. The script exits with status 1 if any mutant survives (or the unmutated copy fails a test).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_FOLDERS = {"modeling": "serpent_hf/modeling", "training": "serpent_hf/training",
+                   "model_cards": "serpent_hf/model_cards"}
+# Fast files first: a caught mutant usually stops within seconds.
+TESTS = [
+    "tests/test_integer_rules.py",
+    "tests/test_clock_exactness.py",
+    "tests/test_fixtures.py",
+    "tests/test_resampling.py",
+    "tests/test_promises.py",
+    "tests/test_generation.py",
+    "tests/test_decoding.py",
+    "tests/test_causality.py",
+    "tests/test_kernels.py",
+]
+IGNORED = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "outputs", "__pycache__", ".hypothesis",
+                                 ".pytest_cache", "*.egg-info", "build", "dist")
+
+
+@dataclass
+class Mutant:
+    name: str
+    path: str  # as in the repository
+    old: str
+    new: str
+    why: str
+
+
+MUTANTS = [
+    Mutant("tie_side", "modeling/resampling.py",
+           'first = torch.searchsorted(plan.times.contiguous(), grid.contiguous(), side="left")',
+           'first = torch.searchsorted(plan.times.contiguous(), grid.contiguous(), side="right")',
+           "a grid point exactly on a clock value is emitted by the next element"),
+    Mutant("neighbor_off_by_one", "modeling/resampling.py",
+           "index = first.clamp(max=length - 1).unsqueeze(-1) + K - torch.arange(K, device=x.device)",
+           "index = first.clamp(max=length - 1).unsqueeze(-1) + K - 1 - torch.arange(K, device=x.device)",
+           "the K neighbours end one element before the emitter"),
+    Mutant("no_quantisation", "modeling/resampling.py",
+           "quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(",
+           "quantised = (delta).clamp(",
+           "Δ is not rounded to multiples of 2^-20"),
+    Mutant("no_kappa_floor", "modeling/resampling.py",
+           ".clamp(min=self.min_delta, max=1.0)",
+           ".clamp(max=1.0)",
+           "rounding may take Δ below κ"),
+    Mutant("padding_moves_clock", "modeling/resampling.py",
+           "            delta = delta * valid\n",
+           "            delta = delta\n",
+           "padding is not masked out of Δ"),
+    Mutant("sample_mask_inverted", "modeling/resampling.py",
+           "return self.compression_basis.combine(gaps, neighbors) * plan.sample_valid.unsqueeze(-1)",
+           "return self.compression_basis.combine(gaps, neighbors) * (~plan.sample_valid).unsqueeze(-1)",
+           "compressed samples masked where they are real instead of past a row's samples"),
+    Mutant("filler_not_skipped", "modeling/branch.py",
+           "outputs, mixer_state = self.mixer(samples, plan.sample_valid,",
+           "outputs, mixer_state = self.mixer(samples, None,",
+           "the SSM steps over the filler after a short row's samples"),
+    Mutant("decompress_tie", "modeling/resampling.py",
+           "            latest = torch.floor(times)\n",
+           "            latest = torch.ceil(times) - 1\n",
+           "a position whose clock is exactly an integer reads the sample before"),
+    Mutant("last_output_off_by_one", "modeling/resampling.py",
+           "last_output = _rows(table, plan.new_counts)",
+           "last_output = _rows(table, (plan.new_counts - 1).clamp(min=0))",
+           "the state after a chunk keeps the output of its second-to-last sample"),
+    Mutant("advance_keeps_wrong_neighbors", "modeling/resampling.py",
+           "neighbor_inputs=torch.cat([previous.neighbor_inputs, x], dim=1)[:, -K:],",
+           "neighbor_inputs=torch.cat([previous.neighbor_inputs, x], dim=1)[:, -K - 1 : -1],",
+           "the state after a chunk remembers the K elements before its last"),
+    Mutant("step_output_scaled", "modeling/resampling.py",
+           "return self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype)) * state.last_output",
+           "return self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype)) * state.last_output * 1.03",
+           "a decoding step's compressed-branch output is 3% too large"),
+    Mutant("neighbors_only_for_emitters", "modeling/resampling.py",
+           "state.neighbor_inputs.copy_(torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1))",
+           "state.neighbor_inputs.copy_(torch.where(emits.view(-1, 1, 1), torch.cat([state.neighbor_inputs[:, 1:], "
+           "x.unsqueeze(1)], dim=1), state.neighbor_inputs))",
+           "a decoding step advances the neighbour buffer only of the rows that emit"),
+    Mutant("emitters_state_not_written_back", "modeling/branch.py",
+           "                state.mixer.index_copy_(rows, emitters)\n",
+           "",
+           "CPU decoding: the rows that emit do not keep their new SSM state when others do not emit"),
+    Mutant("sync_free_mask_inverted", "modeling/branch.py",
+           "state.mixer.copy_where_(emits, stepped)",
+           "state.mixer.copy_where_(~emits, stepped)",
+           "GPU-style decoding: the rows that do not emit take the stepped SSM state"),
+    Mutant("padding_in_delta_window", "modeling/selectivity.py",
+           "            u = u * valid.unsqueeze(-1)\n",
+           "            u = u\n",
+           "padding scores enter θ_Δ's window (delta_window > 1)"),
+    Mutant("kernels_loaded_on_cpu", "modeling/kernels.py",
+           "    if not tensor.is_cuda:\n        if use_kernels is True:",
+           "    _load(name)\n    if not tensor.is_cuda:\n        if use_kernels is True:",
+           "the kernel packages are imported on a CPU"),
+    Mutant("warning_every_call", "modeling/kernels.py",
+           "@functools.lru_cache(maxsize=None)\ndef _warn_fallback(reason):",
+           "def _warn_fallback(reason):",
+           "the fallback warning repeats on every call"),
+    Mutant("ssm_state_in_half_precision", "modeling/mamba_mixer.py",
+           "ssm=torch.zeros(batch_size, self.state_size, self.intermediate_size, device=device, dtype=torch.float32),",
+           "ssm=torch.zeros(batch_size, self.state_size, self.intermediate_size, device=device, dtype=dtype),",
+           "an empty cache holds the SSM state in the model's (half) precision"),
+    Mutant("lr_multiplier_not_passed", "training/train_lm.py",
+           "        compressed_branch_lr_multiplier=model_args.compressed_branch_lr_multiplier,\n",
+           "",
+           "serpent-train drops --compressed_branch_lr_multiplier (the Trainer's 1.0 applies)"),
+    Mutant("dataset_name_keeps_train_file", "training/arguments.py",
+           '"dataset_name": ("train_file", "validation_file"),',
+           '"dataset_name": ("validation_file",),',
+           "--dataset_name leaves the run file's train_file in place, which wins"),
+    Mutant("unset_ignored", "training/arguments.py",
+           "        values.pop(name, None)\n    for name in filter",
+           "    for name in filter",
+           "--unset removes nothing"),
+    Mutant("p95_is_p90", "training/trainer.py",
+           "PERCENTILES = (0.05, 0.95)",
+           "PERCENTILES = (0.05, 0.90)",
+           "the logged 95th percentile of Δ is the 90th"),
+    Mutant("lora_base_layer_packed", "serpent_hf/cpu.py",
+           "if id(module) in wrapped or not _packable(module):",
+           "if not _packable(module):",
+           "optimize_for_cpu packs the layer inside a LoRA wrapper"),
+]
+
+
+def copy_repository(destination):
+    """The repository at `destination`, with modeling/, training/, model_cards/ inside serpent_hf/ (a wheel's layout)."""
+    shutil.copytree(ROOT, destination, ignore=IGNORED)
+    for folder, inside in PACKAGE_FOLDERS.items():
+        shutil.copytree(destination / folder, destination / inside, ignore=IGNORED)
+
+
+def copied_path(path):
+    for folder, inside in PACKAGE_FOLDERS.items():
+        if path.startswith(folder + "/"):
+            return inside + path[len(folder):]
+    return path
+
+
+def environment(copy):
+    return dict(os.environ, PYTHONPATH=str(copy), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+
+
+def run_tests(copy, tests, timeout):
+    """(first failing test or None, seconds)."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not cuda",
+               *tests]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=copy, env=environment(copy), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "(timed out: counted as caught)", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if done.returncode == 0:
+        return None, seconds
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.MULTILINE)
+    if not failed:  # no test failed, yet pytest did not pass: collection or usage error, not a caught mutant
+        sys.exit(f"pytest exited {done.returncode} without a failing test:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return failed[0], seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="mutant names to run (default: all)")
+    parser.add_argument("--tests", nargs="*", default=TESTS, help="test files or ids to run against each mutant")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "mutation_check.txt"))
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
+    unknown = set(args.only or ()) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"no such mutant: {sorted(unknown)}")
+
+    with tempfile.TemporaryDirectory(prefix="serpent-mutants-") as folder:
+        copy = Path(folder) / "repo"
+        copy_repository(copy)
+        where = subprocess.run([sys.executable, "-c", "import serpent_hf.modeling as m; print(m.__file__)"],
+                               cwd=copy, env=environment(copy), capture_output=True, text=True, check=True)
+        if not Path(where.stdout.strip()).resolve().is_relative_to(copy.resolve()):
+            sys.exit(f"the tests would import {where.stdout.strip()}, not the copy in {copy}")
+        originals = {}
+        for mutant in mutants:  # every pattern is checked before any test runs
+            target = copy / copied_path(mutant.path)
+            text = originals.setdefault(target, target.read_text(encoding="utf-8"))
+            count = text.count(mutant.old)
+            if count != 1:
+                sys.exit(f"mutant {mutant.name}: its text occurs {count} times in {mutant.path} (expected once); "
+                         "the code changed: update the mutant")
+            try:  # a mutant that does not compile would be "caught" by any test: it must be a real program
+                compile(text.replace(mutant.old, mutant.new), str(target), "exec")
+            except SyntaxError as error:
+                sys.exit(f"mutant {mutant.name} does not compile ({error}): fix the mutant")
+        failed, seconds = run_tests(copy, args.tests, args.timeout)
+        if failed is not None:
+            sys.exit(f"the unmutated copy fails {failed}: fix the suite first")
+        rows = [("(none: unmutated copy)", "passes", f"{seconds:.0f} s", "")]
+        print(f"unmutated copy passes ({seconds:.0f} s)", flush=True)
+        for mutant in mutants:
+            target = copy / copied_path(mutant.path)
+            target.write_text(originals[target].replace(mutant.old, mutant.new), encoding="utf-8")
+            try:
+                failed, seconds = run_tests(copy, args.tests, args.timeout)
+            finally:
+                target.write_text(originals[target], encoding="utf-8")
+            verdict = f"caught by {failed}" if failed else "MISSED"
+            rows.append((mutant.name, verdict, f"{seconds:.0f} s", mutant.why))
+            print(f"{mutant.name:32} {verdict} ({seconds:.0f} s)", flush=True)
+
+    missed = [row[0] for row in rows[1:] if row[1] == "MISSED"]
+    lines = [f"Mutation check (scripts/mutation_check.py): {len(rows) - 1} mutants, {len(missed)} missed",
+             f"Tests: {' '.join(args.tests)} (-m 'not slow', stopping at the first failure)", ""]
+    lines += [f"{name:32} {verdict:100} {took:>6}   {why}" for name, verdict, took, why in rows]
+    report = "\n".join(lines) + "\n"
+    if not args.only:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(report, encoding="utf-8")
+    print("\n" + report)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
