@@ -52,6 +52,9 @@ setup(
     extras_require={
         # Build from source where no wheel fits: see README, "GPU kernels".
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        # lm-evaluation-harness: `lm_eval --model hf --model_args pretrained=RUN,trust_remote_code=True` with the
+        # local text task of benchmarks/lm_eval/ (README, "Evaluate").
+        "lm-eval": ["lm-eval>=0.4.5"],
         # setuptools 70.1+ builds wheels by itself: tests/test_packaging.py builds one without build isolation.
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18", "setuptools>=70.1"],
     },
@@ -60,7 +63,7 @@ setup(
             "serpent-train=serpent_hf.training.train_lm:command",
             "serpent-eval=serpent_hf.training.eval_lm:command",
             "serpent-train-lra=serpent_hf.training.train_lra:command",
-            "serpent-upcycle=serpent_hf.upcycle:main",
+            "serpent-upcycle=serpent_hf.upcycle:command",
         ]
     },
 )

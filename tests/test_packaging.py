@@ -31,7 +31,7 @@ COMMANDS = {
     "serpent-train": "serpent_hf.training.train_lm:command",
     "serpent-eval": "serpent_hf.training.eval_lm:command",
     "serpent-train-lra": "serpent_hf.training.train_lra:command",
-    "serpent-upcycle": "serpent_hf.upcycle:main",
+    "serpent-upcycle": "serpent_hf.upcycle:command",
 }
 
 
