@@ -5,6 +5,7 @@ The Auto classes know SeRpEnt here because serpent_hf/__init__.py, which Python 
 of its subpackages, registers it.
 """
 
+import copy
 import logging
 from pathlib import Path
 
@@ -24,10 +25,7 @@ def resolve_model_config(name):
     if Path(name).exists():
         return name
     preset = configs.model_preset(name)
-    if preset is not None:
-        logger.info("--model_config %s: the preset shipped with serpent-hf (%s)", name, preset)
-        return str(preset)
-    return name
+    return name if preset is None else str(preset)
 
 
 def is_new_model(model_config):
@@ -37,7 +35,8 @@ def is_new_model(model_config):
 
 def _parameters_at_vocabulary(config, vocab_size):
     """Parameter count of the model of `config` with `vocab_size` entries, built on the meta device (no memory)."""
-    config = config.__class__.from_dict({**config.to_dict(), "vocab_size": vocab_size})
+    config = copy.deepcopy(config)
+    config.vocab_size = vocab_size
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config).num_parameters()
 

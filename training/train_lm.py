@@ -148,6 +148,9 @@ def main(argv=None):
     logger.setLevel(logging.INFO)
     logging.getLogger("serpent_hf").setLevel(logging.INFO)
     check_output_dir(training_args, report_args.overwrite_output_dir)
+    if resolve_model_config(model_args.model_config) != model_args.model_config:
+        logger.info("--model_config %s: the preset shipped with serpent-hf (%s)", model_args.model_config,
+                    resolve_model_config(model_args.model_config))
     choose_tokenizer(model_args)
     push, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, with our card
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
