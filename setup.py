@@ -56,7 +56,8 @@ setup(
         # local text task of benchmarks/lm_eval/ (README, "Evaluate").
         "lm-eval": ["lm-eval>=0.4.5"],
         # setuptools 70.1+ builds wheels by itself: tests/test_packaging.py builds one without build isolation.
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18", "setuptools>=70.1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18", "setuptools>=70.1",
+                 "lm-eval>=0.4.5"],
     },
     entry_points={
         "console_scripts": [
