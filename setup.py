@@ -18,8 +18,11 @@ from setuptools import find_packages, setup
 #   modeling/. So the checkout imports the same package as the wheel, from any directory.
 # - a plain checkout without any install, or a wheel used from the repository root (whose serpent_hf/
 #   shadows the installed one), cannot find serpent_hf.modeling; serpent_hf/__init__.py says so.
+#
+# configs/ goes in as serpent_hf.configs (its JSON and YAML files as package data), so the presets that the
+# commands accept by name (`--model_config tiny`) ship in the wheel; the repository keeps the one copy.
 PACKAGE_FOLDERS = {"serpent_hf.modeling": "modeling", "serpent_hf.training": "training",
-                   "serpent_hf.model_cards": "model_cards"}
+                   "serpent_hf.model_cards": "model_cards", "serpent_hf.configs": "configs"}
 
 setup(
     name="serpent-hf",
@@ -32,7 +35,8 @@ setup(
     packages=[*find_packages(include=["serpent_hf", "serpent_hf.*"]), *PACKAGE_FOLDERS],
     package_dir=PACKAGE_FOLDERS,
     # evaluate loads the metric by path (a folder, not a module); the training scripts render the card template.
-    package_data={"serpent_hf": ["metrics/*/*.py"], "serpent_hf.model_cards": ["*.md"]},
+    package_data={"serpent_hf": ["metrics/*/*.py"], "serpent_hf.model_cards": ["*.md"],
+                  "serpent_hf.configs": ["*.json", "*.yaml"]},
     install_requires=[
         "torch>=2.5",  # Module.register_state_dict_post_hook (serpent_hf.optimize_for_cpu)
         "transformers>=5.17,<6",
@@ -48,15 +52,19 @@ setup(
     extras_require={
         # Build from source where no wheel fits: see README, "GPU kernels".
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        # lm-evaluation-harness: `lm_eval --model hf --model_args pretrained=RUN,trust_remote_code=True` with the
+        # local text task of benchmarks/lm_eval/ (README, "Evaluate").
+        "lm-eval": ["lm-eval>=0.4.5"],
         # setuptools 70.1+ builds wheels by itself: tests/test_packaging.py builds one without build isolation.
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18", "setuptools>=70.1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "peft>=0.18", "setuptools>=70.1",
+                 "lm-eval>=0.4.5"],
     },
     entry_points={
         "console_scripts": [
             "serpent-train=serpent_hf.training.train_lm:command",
             "serpent-eval=serpent_hf.training.eval_lm:command",
             "serpent-train-lra=serpent_hf.training.train_lra:command",
-            "serpent-upcycle=serpent_hf.upcycle:main",
+            "serpent-upcycle=serpent_hf.upcycle:command",
         ]
     },
 )

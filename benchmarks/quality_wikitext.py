@@ -154,7 +154,8 @@ def train_run(args, arm, seed, directory, data, cache_dir):
             "--save_strategy", "no", "--seed", str(seed), "--dataloader_drop_last", "true",
             "--use_cpu", "true", "--report_to", "none", "--sample_prompt", "The history of",
             "--cache_dir", str(cache_dir), *ARMS[arm].get("options", [])]
-    train_lm.main(argv)
+    # The folder already holds model_config.json, and an unfinished run in it starts again from scratch.
+    train_lm.main(argv + ["--overwrite_output_dir"])
 
 
 def summarise(directory, batch_size, block_size):

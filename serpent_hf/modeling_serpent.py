@@ -324,6 +324,21 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def check_generation_mask(input_ids, inputs_embeds, attention_mask):
+    """A mask given to generate() must be (batch, length) of the prompt: of input_ids, of inputs_embeds, or of both
+    together (a prompt of embeddings continued by ids)."""
+    if attention_mask is None:
+        return
+    prompts = [t for t in (input_ids, inputs_embeds) if isinstance(t, torch.Tensor) and t.dim() >= 2]
+    accepted = {tuple(t.shape[:2]) for t in prompts}
+    if len(prompts) == 2 and prompts[0].shape[0] == prompts[1].shape[0]:
+        accepted.add((prompts[0].shape[0], prompts[0].shape[1] + prompts[1].shape[1]))
+    if attention_mask.dim() != 2 or (accepted and tuple(attention_mask.shape) not in accepted):
+        expected = " or ".join(str(shape) for shape in sorted(accepted)) or "(batch, length)"
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; generate() expects {expected}, "
+                         "the shape of the prompt")
+
+
 class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
@@ -338,6 +353,13 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, new_embeddings):
         self.model.set_input_embeddings(new_embeddings)
+
+    def generate(self, inputs=None, *args, **kwargs):
+        """transformers' generate(), after checking the attention mask's shape: transformers drops a mask of all
+        ones before the model sees it, so a mask of the wrong shape would otherwise be ignored without a word."""
+        check_generation_mask(inputs if inputs is not None else kwargs.get("input_ids"), kwargs.get("inputs_embeds"),
+                              kwargs.get("attention_mask"))
+        return super().generate(inputs, *args, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls):

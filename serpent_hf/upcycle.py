@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 
+from .cli import run_command
 from .configuration_serpent import SeRpEntConfig
 from .modeling_serpent import SeRpEntForCausalLM
 
@@ -91,7 +92,8 @@ def copy_tokenizer(source, output_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mamba", required=True, help="MambaForCausalLM directory or Hub name")
+    parser.add_argument("--mamba", required=True, help="a MambaForCausalLM checkpoint: a local folder (offline) or a "
+                        "Hub name")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--compression_rates", type=float, nargs="+", default=[1.0, 0.5, 0.25])
     args = parser.parse_args(argv)
@@ -102,5 +104,10 @@ def main(argv=None):
     print(f"wrote a SeRpEnt checkpoint with rates {args.compression_rates} and {tokenizer} to {args.output_dir}")
 
 
+def command():
+    """`serpent-upcycle`: one line naming an error, the traceback with --debug (serpent_hf.cli)."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    command()

@@ -31,7 +31,7 @@ COMMANDS = {
     "serpent-train": "serpent_hf.training.train_lm:command",
     "serpent-eval": "serpent_hf.training.eval_lm:command",
     "serpent-train-lra": "serpent_hf.training.train_lra:command",
-    "serpent-upcycle": "serpent_hf.upcycle:main",
+    "serpent-upcycle": "serpent_hf.upcycle:command",
 }
 
 
@@ -55,7 +55,10 @@ def test_the_wheel_installs_one_import_name(wheel):
     assert top_level == {"serpent_hf", dist_info}
     for needed in ("serpent_hf/__init__.py", "serpent_hf/modeling/__init__.py", "serpent_hf/modeling/block.py",
                    "serpent_hf/training/__init__.py", "serpent_hf/training/train_lm.py",
-                   "serpent_hf/model_cards/serpent_lm.md", "serpent_hf/metrics/top_k_accuracy/top_k_accuracy.py"):
+                   "serpent_hf/model_cards/serpent_lm.md", "serpent_hf/metrics/top_k_accuracy/top_k_accuracy.py",
+                   "serpent_hf/configs/__init__.py", "serpent_hf/configs/tiny.json", "serpent_hf/configs/base-mamba.json",
+                   "serpent_hf/configs/lra-listops-cpu.json", "serpent_hf/configs/train-tiny.yaml",
+                   "serpent_hf/configs/train-lra-listops-cpu.json"):
         assert needed in names, f"{needed} is not in the wheel"
 
 
@@ -105,3 +108,63 @@ def test_a_users_modeling_py_does_not_shadow_the_package(tmp_path):
     finished = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def install(wheel, site):
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+                                "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+
+GENERATE = """
+import json, sys
+import serpent_hf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert serpent_hf.__file__.startswith(sys.argv[1]), serpent_hf.__file__
+model = AutoModelForCausalLM.from_pretrained("run")
+tokenizer = AutoTokenizer.from_pretrained("run")
+ids = tokenizer("The river", return_tensors="pt")
+out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+print(json.dumps({"new_tokens": out.shape[1] - ids["input_ids"].shape[1], "vocab": model.config.vocab_size,
+                  "tokenizer": len(tokenizer), "text": tokenizer.decode(out[0])}))
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_alone_trains_tiny_with_the_defaults_evaluates_and_generates(wheel, tmp_path):
+    """A user's first hour, from the wheel and a folder holding only their text: `--model_config tiny` resolves
+    to the shipped preset (offline: never the Hub), the recipe defaults train it well past an untrained model's
+    perplexity (about the vocabulary size, 512), serpent-eval agrees with the run's own evaluation, and the run
+    loads with its tokenizer and generates."""
+    import json
+
+    site, work = tmp_path / "site", tmp_path / "work"
+    install(wheel, site)
+    work.mkdir()
+    shutil.copyfile(CORPUS, work / "my-text.txt")
+    env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": os.environ["PATH"],
+           "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+    def run(*command):
+        finished = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-4000:]
+        return finished
+
+    trained = run(str(site / "bin" / "serpent-train"), "--model_config", "tiny", "--train_file", "my-text.txt",
+                  "--output_dir", "run")
+    assert "the preset shipped with serpent-hf" in trained.stderr
+    metrics = json.loads((work / "run" / "eval_results.json").read_text())
+    assert metrics["eval_perplexity"] < 256, metrics  # untrained: about 512; TrainingArguments' defaults: 452
+    state = json.loads((work / "run" / "trainer_state.json").read_text())
+    assert sum("loss" in entry for entry in state["log_history"]) >= 10  # a curve, not one dot
+    run(str(site / "bin" / "serpent-eval"), "--model_name_or_path", "run", "--train_file", "my-text.txt",
+        "--block_size", "128", "--output_dir", "evaluation")
+    evaluated = json.loads((work / "evaluation" / "eval_results.json").read_text())["run"]
+    assert evaluated["eval_perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-4)
+    generated = json.loads(run(sys.executable, "-c", GENERATE, str(site)).stdout.strip().splitlines()[-1])
+    assert generated["new_tokens"] == 6 and generated["vocab"] == generated["tokenizer"] == 512
+    refused = subprocess.run([str(site / "bin" / "serpent-train"), "--model_config", "tiny", "--train_file",
+                              "my-text.txt", "--output_dir", "run"], cwd=work, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 1 and "is not empty" in refused.stderr.splitlines()[-1]

@@ -20,6 +20,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .. import configs
+
 RUN_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -27,13 +29,15 @@ RUN_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 class ModelArguments:
     model_config: str = field(
         metadata={
-            "help": "A model config file (e.g. configs/tiny.json) to train from scratch, or a checkpoint "
-            "(directory or Hub name) to fine-tune."
+            "help": "A preset shipped with the package (tiny, small, base, tiny-mamba, small-mamba, base-mamba) or a "
+            "model config file to train from scratch, or a checkpoint (directory or Hub name) to fine-tune."
         }
     )
-    tokenizer_name: str = field(
-        default="gpt2",
-        metadata={"help": "Tokenizer name on the Hub or local directory (offline: a folder with vocab.json + merges.txt)."},
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer name on the Hub or local directory (offline: a folder with vocab.json + merges.txt). "
+                  "Default: a checkpoint's own tokenizer; for a new model, a BPE trained on the training text "
+                  "(--train_tokenizer with the config's vocab_size)."},
     )
     train_tokenizer: int | None = field(
         default=None,
@@ -85,6 +89,9 @@ class ReportArguments:
     model_card_template: str | None = field(
         default=None, metadata={"help": "Jinja model card template (default: model_cards/serpent_lm.md)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir (refused otherwise, unless resuming)."}
+    )
 
 
 # Options that choose the same thing in different ways: given on the command line, one replaces the run
@@ -99,7 +106,10 @@ ALTERNATIVES = {
 
 
 def read_run_file(path):
-    """A YAML/JSON run file -> {option: value}."""
+    """A YAML/JSON run file -> {option: value}. A run file shipped with the package ("train-tiny.yaml") is found
+    by its name when no file of that name is here."""
+    if not Path(path).is_file() and configs.run_file(path) is not None:
+        path = configs.run_file(path)
     if not Path(path).is_file():
         raise ValueError(f"run file {path} does not exist")
     with open(path, encoding="utf-8") as handle:
@@ -144,8 +154,11 @@ def take_unset(argv):
     return kept, unset
 
 
-def parse_arguments(dataclass_types, argv=None):
-    """Parse `argv` (default: sys.argv[1:]) into the dataclasses; a leading run file supplies defaults."""
+def parse_arguments(dataclass_types, argv=None, defaults=None):
+    """Parse `argv` (default: sys.argv[1:]) into the dataclasses; a leading run file supplies defaults.
+
+    `defaults` ({option: value}) replaces the dataclasses' own defaults: the command's recipe, which a run file
+    and the command line override and `--unset NAME` returns to."""
     argv = list(sys.argv[1:] if argv is None else argv)
     values = {}
     if argv and argv[0].endswith(RUN_FILE_SUFFIXES) and not argv[0].startswith("-"):
@@ -156,6 +169,7 @@ def parse_arguments(dataclass_types, argv=None):
         if name not in known:
             raise ValueError(f"--unset {name}: no such option")
         values.pop(name, None)
+    values = {**(defaults or {}), **values}
     for name in filter(None, map(option_name, argv)):
         for alternative in ALTERNATIVES.get(name, ()):
             values.pop(alternative, None)

@@ -186,6 +186,10 @@ def train_bpe_tokenizer(texts, vocab_size):
     )
 
 
+class BlockSizeTooLarge(ValueError):
+    """A split of the text holds fewer tokens than one block."""
+
+
 def resolve_block_size(block_size, tokenizer):
     if block_size is None:
         return min(1024, tokenizer.model_max_length)
@@ -217,7 +221,7 @@ def group_into_blocks(raw, tokenizer, block_size, num_proc=None, overwrite_cache
     for split, dataset in blocks.items():
         if len(dataset) == 0:
             tokens = sum(len(ids) for ids in tokenized[split]["input_ids"])
-            raise ValueError(
+            raise BlockSizeTooLarge(
                 f"--block_size {block_size} is larger than the {split} data: it holds {tokens} tokens "
                 f"(in groups of up to 1000 lines), so not a single block fits. Use a smaller --block_size or more data."
             )

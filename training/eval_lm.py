@@ -6,8 +6,7 @@ own tokenizer unless --tokenizer_name is given; compare token-level numbers only
 that share a tokenizer. Results go to OUTPUT_DIR/eval_results.json, one entry per checkpoint.
 
     serpent-eval --model_name_or_path runs/serpent runs/mamba \
-        --train_file ../shared/data/wikitext-103-v1/wiki.valid.tokens --validation_articles 6 \
-        --block_size 256 --output_dir runs/compare
+        --train_file wiki.valid.tokens --validation_articles 6 --block_size 256 --output_dir runs/compare
     serpent-eval --model_name_or_path runs/serpent runs/mamba ... --block_size 2048 --position_buckets 128 512 2048
 
 --position_buckets also reports loss and top-1 by position within the block (1-128, 129-512, ...): a model
@@ -23,6 +22,7 @@ import torch
 from datasets import DatasetDict
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from ..cli import run_command
 from .arguments import DataArguments, parse_arguments
 from .data import group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size
 from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, loss_by_position, preprocess_logits_for_metrics
@@ -87,10 +87,9 @@ def report_by_position(results, path):
 
 
 def command():
-    """`serpent-eval`: exits with status 0 after a run (main returns the results to Python callers, and a
-    console command would turn that return value into exit status 1)."""
-    main()
+    """`serpent-eval`: exits with status 0 after a run, or with one line naming the error (serpent_hf.cli)."""
+    run_command(main)
 
 
 if __name__ == "__main__":
-    main()
+    command()

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
+from tqdm.auto import tqdm
+
+from ..cli import run_command
 
 PAD_ID = 0
 LISTOPS_OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -101,13 +104,17 @@ def generate_listops(num_examples, seed=0, min_length=500, max_length=2000, max_
         raise ValueError(f"ListOps lengths need 1 <= min_length <= max_length, got {min_length}, {max_length}")
     rng = random.Random(seed)
     examples = {}
-    while len(examples) < num_examples:
-        try:
-            tree, value, length = _draw_tree(rng, 1, max_depth, max_args, max_length)
-        except _TooLong:
-            continue
-        if length >= min_length:
-            examples.setdefault(listops_source(tree), value)  # distinct trees, so no test tree is seen in training
+    # Long expressions are rare draws (LRA's 100,000 take minutes), so show how far it got.
+    with tqdm(total=num_examples, desc="generating ListOps", unit="example", disable=num_examples < 1000) as progress:
+        while len(examples) < num_examples:
+            try:
+                tree, value, length = _draw_tree(rng, 1, max_depth, max_args, max_length)
+            except _TooLong:
+                continue
+            if length >= min_length:
+                before = len(examples)
+                examples.setdefault(listops_source(tree), value)  # distinct trees: no test tree is seen in training
+                progress.update(len(examples) - before)
     return list(examples.items())
 
 
@@ -203,10 +210,25 @@ def read_retrieval_tsv(path, max_length=4000, truncation=True):
     return {"input_ids": first, "input_ids_2": second, "labels": labels}
 
 
+LRA_RELEASE = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+LISTOPS_HOW = ("generate it with `python -m serpent_hf.training.lra_data DIR`, leave out --data_path to generate it "
+               f"on the fly, or download LRA's release ({LRA_RELEASE}; listops-1000/)")
+RETRIEVAL_HOW = f"download LRA's release ({LRA_RELEASE}) and give its lra_release/tsv_data folder"
+
+
+def check_data_folder(data_path, names, task, how):
+    """A missing folder or file of LRA's layout is named, with how to make it."""
+    missing = [name for name in names if not (Path(data_path) / name).is_file()]
+    if missing:
+        where = "does not exist" if not Path(data_path).is_dir() else f"lacks {', '.join(missing)}"
+        raise ValueError(f"{task} data folder {data_path} {where}: {how}")
+
+
 def listops_datasets(data_path=None, max_length=2000, truncation=False, sizes=(96000, 2000, 2000), seed=0,
                      min_length=500, write_dir=None):
     """ListOps train/validation/test: LRA's TSVs from `data_path`, or generated (optionally written)."""
     if data_path is not None:
+        check_data_folder(data_path, LISTOPS_FILES.values(), "ListOps", LISTOPS_HOW)
         return DatasetDict({split: Dataset.from_dict(read_listops_tsv(Path(data_path) / name, max_length, truncation))
                             for split, name in LISTOPS_FILES.items()})
     examples = generate_listops(sum(sizes), seed=seed, min_length=min_length, max_length=max_length)
@@ -227,7 +249,9 @@ def listops_datasets(data_path=None, max_length=2000, truncation=False, sizes=(9
 def retrieval_datasets(data_path, max_length=4000, truncation=True):
     """AAN train/validation/test from LRA's `new_aan_pairs.{train,eval,test}.tsv` in `data_path`."""
     if data_path is None:
-        raise ValueError("Retrieval needs data_path: the directory with LRA's new_aan_pairs.{train,eval,test}.tsv")
+        raise ValueError("Retrieval needs data_path: the directory with LRA's new_aan_pairs.{train,eval,test}.tsv "
+                         f"({RETRIEVAL_HOW})")
+    check_data_folder(data_path, RETRIEVAL_FILES.values(), "Retrieval", RETRIEVAL_HOW)
     return DatasetDict({split: Dataset.from_dict(read_retrieval_tsv(Path(data_path) / name, max_length, truncation))
                         for split, name in RETRIEVAL_FILES.items()})
 
@@ -297,4 +321,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # one-line errors, as the console commands

@@ -5,11 +5,48 @@ The Auto classes know SeRpEnt here because serpent_hf/__init__.py, which Python 
 of its subpackages, registers it.
 """
 
+import copy
+import logging
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .. import configs
+
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_config(name):
+    """--model_config NAME -> what to load: a local file or folder of that name first (a user's own `tiny/`
+    checkpoint wins), then a shipped preset ("tiny", "small-mamba", "lra-listops", ...), else NAME unchanged
+    (a Hub name, or a path whose absence the caller reports). A preset never goes to the Hub."""
+    if Path(name).exists():
+        return name
+    preset = configs.model_preset(name)
+    return name if preset is None else str(preset)
+
+
+def is_new_model(model_config):
+    """True when --model_config names a configuration (a new model with random weights), not a checkpoint."""
+    return Path(resolve_model_config(model_config)).suffix in CONFIG_SUFFIXES
+
+
+def _parameters_at_vocabulary(config, vocab_size):
+    """Parameter count of the model of `config` with `vocab_size` entries, built on the meta device (no memory)."""
+    config = copy.deepcopy(config)
+    config.vocab_size = vocab_size
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config).num_parameters()
+
+
+def log_vocabulary_growth(config, old_size, new_size, where):
+    """Say that the embedding grows to fit the tokenizer, and what that does to the parameter count."""
+    before, after = _parameters_at_vocabulary(config, old_size), _parameters_at_vocabulary(config, new_size)
+    logger.warning("%s has a vocabulary of %s but the tokenizer has %s ids: the embedding grows to %s entries, "
+                   "parameters %s -> %s", where, f"{old_size:,}", f"{new_size:,}", f"{new_size:,}", f"{before:,}",
+                   f"{after:,}")
 
 
 def _special_token_ids(tokenizer):
@@ -20,22 +57,28 @@ def _special_token_ids(tokenizer):
 def build_model(model_config, tokenizer, cache_dir=None):
     """`model_config`: a config file (new model, random weights from the current seed) or a checkpoint
     directory / Hub name (pretrained weights). The vocabulary grows to fit the tokenizer if needed."""
+    given, model_config = model_config, resolve_model_config(model_config)
     path = Path(model_config)
     if path.suffix in CONFIG_SUFFIXES:
         if not path.is_file():
-            raise ValueError(f"--model_config {model_config} does not exist")
+            raise ValueError(f"--model_config {given} does not exist (presets: {', '.join(configs.model_presets())})")
         config = AutoConfig.from_pretrained(str(path))
-        config.vocab_size = max(config.vocab_size, len(tokenizer))
+        if len(tokenizer) > config.vocab_size:
+            log_vocabulary_growth(config, config.vocab_size, len(tokenizer), f"--model_config {given}")
+            config.vocab_size = len(tokenizer)
         for key, value in _special_token_ids(tokenizer).items():
             setattr(config, key, value)
         return AutoModelForCausalLM.from_config(config)
     if (model_config.startswith((".", "/")) or model_config.count("/") > 1) and not path.is_dir():
-        raise ValueError(f"--model_config {model_config} is neither a config file nor a checkpoint directory")
+        raise ValueError(f"--model_config {model_config} is neither a config file nor a checkpoint directory "
+                         f"(presets: {', '.join(configs.model_presets())})")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_config, cache_dir=cache_dir)
     except OSError as error:
         raise ValueError(f"could not load the checkpoint {model_config!r}: {error}") from error
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        log_vocabulary_growth(model.config, rows, len(tokenizer), f"the checkpoint {model_config}")
         model.resize_token_embeddings(len(tokenizer))
     for key, value in _special_token_ids(tokenizer).items():
         if getattr(model.config, key, None) is None:

@@ -5,10 +5,18 @@ eval_perplexity, eval_top1_accuracy, eval_top5_accuracy), train_results.json, tr
 deltas.png (Δ per token and branch on a sample text) and README.md, the model card. With
 --push_to_hub all of it goes to --hub_model_id in one commit.
 
+    serpent-train --model_config tiny --train_file my.txt --output_dir runs/mine   # the defaults below
     serpent-train configs/train-tiny.yaml                    # a whole run in one file
     serpent-train --model_config configs/small.json --output_dir runs/small \
         --dataset_name wikitext --dataset_config_name wikitext-103-v1 --block_size 256 --max_steps 1000
     accelerate launch --multi_gpu --num_processes 2 -m serpent_hf.training.train_lm configs/train-tiny.yaml
+
+Defaults (RECIPE; a run file or the command line overrides each): the recipe of the tiny and small runs
+(AdamW at 3e-3, cosine schedule after 10% warmup, weight decay 0.1, 10 epochs), evaluation and a checkpoint
+every tenth of the run, a log line every fiftieth, blocks of 128 tokens (halved while a split of a small text
+holds less than one block), and for a new model a byte-level BPE trained on the training text with the
+config's vocab_size entries (a checkpoint keeps its own tokenizer). A non-empty --output_dir is refused unless
+the run resumes (--resume_from_checkpoint) or --overwrite_output_dir is given.
 
 The last runs 2 CPU processes. (With accelerate 1.x, `accelerate launch --cpu --num_processes 2` starts a
 single process; the run file's `use_cpu: true` plus `--multi_gpu` gives several CPU processes over gloo.)
@@ -18,23 +26,87 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
-
+from transformers import AutoConfig, AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..cli import run_command
 from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from .data import (
-    group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text, train_bpe_tokenizer,
+    BlockSizeTooLarge, group_into_blocks, load_raw_text, load_tokenizer, resolve_block_size, sample_text,
+    train_bpe_tokenizer,
 )
 from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, preprocess_logits_for_metrics
 from .generation import generate_sample
 from .hub import create_run_repo, push_run
 from .model_card import write_model_card
-from .models import build_model
+from .models import build_model, is_new_model, resolve_model_config
 from .plots import delta_profile, plot_deltas, plot_training_curves
 from .trainer import SeRpEntTrainer
 
 logger = logging.getLogger("train_lm")
+
+# serpent-train's own defaults: what configs/train-tiny.yaml and the quality study train with, in proportions of
+# the run where TrainingArguments allow it, so one command on a user's text file of any size trains sensibly
+# (TrainingArguments' own, 5e-5 without a schedule and a log line every 500 steps, leave `tiny` untrained).
+RECIPE = {
+    "learning_rate": 3e-3,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,  # below 1: a fraction of the run's steps
+    "weight_decay": 0.1,
+    "num_train_epochs": 10,
+    "eval_strategy": "steps",
+    "eval_steps": 0.1,
+    "save_steps": 0.1,
+    "save_total_limit": 2,
+    "logging_steps": 0.02,
+    "report_to": "none",
+}
+# Blocks of the default size, halved while a split holds less than one block (a small text file), down to this.
+DEFAULT_BLOCK_SIZE, SMALLEST_DEFAULT_BLOCK_SIZE = 128, 16
+
+
+def check_output_dir(training_args, overwrite):
+    """Refuse to train into a folder that holds something, unless resuming or asked to: a second run would
+    silently replace the first one's model, results and checkpoints."""
+    folder = Path(training_args.output_dir)
+    if overwrite or training_args.resume_from_checkpoint is not None or not folder.is_dir():
+        return
+    held = sorted(path.name for path in folder.iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ValueError(f"--output_dir {folder} is not empty (it holds {shown}): give a new folder, "
+                         "--resume_from_checkpoint last to continue the run it holds, or --overwrite_output_dir "
+                         "to train over it")
+
+
+def choose_tokenizer(model_args):
+    """Without --tokenizer_name or --train_tokenizer: a new model trains a BPE of its config's vocabulary size on
+    the training text (offline, and the embedding keeps the config's size); a checkpoint keeps its own tokenizer."""
+    if model_args.tokenizer_name is not None or model_args.train_tokenizer is not None:
+        return
+    if is_new_model(model_args.model_config):
+        path = resolve_model_config(model_args.model_config)
+        if not Path(path).is_file():
+            return  # build_model names the missing file
+        model_args.train_tokenizer = AutoConfig.from_pretrained(path).vocab_size
+        logger.info("tokenizer: a byte-level BPE of %d entries (the config's vocab_size) trained on the training "
+                    "text (--tokenizer_name or --train_tokenizer choose another)", model_args.train_tokenizer)
+    else:
+        model_args.tokenizer_name = model_args.model_config
+
+
+def blocks_of_default_size(raw, tokenizer, data_args):
+    """(blocks, block size) with the default block size, halved while a split holds less than one block."""
+    block_size = DEFAULT_BLOCK_SIZE
+    while True:
+        try:
+            return group_into_blocks(raw, tokenizer, block_size, data_args.preprocessing_num_workers,
+                                     data_args.overwrite_cache), block_size
+        except BlockSizeTooLarge as error:
+            if block_size // 2 < SMALLEST_DEFAULT_BLOCK_SIZE:
+                raise
+            logger.warning("%s; trying blocks of %d tokens (--block_size chooses)", error, block_size // 2)
+            block_size //= 2
 
 
 def get_tokenizer(model_args, raw, training_args):
@@ -71,9 +143,15 @@ def checkpoint_to_resume(resume, output_dir):
 
 def main(argv=None):
     model_args, data_args, report_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, ReportArguments, TrainingArguments), argv)
+        (ModelArguments, DataArguments, ReportArguments, TrainingArguments), argv, defaults=RECIPE)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logger.setLevel(logging.INFO)
+    logging.getLogger("serpent_hf").setLevel(logging.INFO)
+    check_output_dir(training_args, report_args.overwrite_output_dir)
+    if resolve_model_config(model_args.model_config) != model_args.model_config:
+        logger.info("--model_config %s: the preset shipped with serpent-hf (%s)", model_args.model_config,
+                    resolve_model_config(model_args.model_config))
+    choose_tokenizer(model_args)
     push, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, with our card
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
             and training_args.world_size == 1:
@@ -84,10 +162,13 @@ def main(argv=None):
     with training_args.main_process_first(desc="loading the text"):
         raw = load_raw_text(data_args, model_args.cache_dir)
     tokenizer = get_tokenizer(model_args, raw, training_args)
-    block_size = resolve_block_size(data_args.block_size, tokenizer)
     with training_args.main_process_first(desc="tokenising"):
-        blocks = group_into_blocks(raw, tokenizer, block_size, data_args.preprocessing_num_workers,
-                                   data_args.overwrite_cache)
+        if data_args.block_size is None:
+            blocks, block_size = blocks_of_default_size(raw, tokenizer, data_args)
+        else:
+            block_size = resolve_block_size(data_args.block_size, tokenizer)
+            blocks = group_into_blocks(raw, tokenizer, block_size, data_args.preprocessing_num_workers,
+                                       data_args.overwrite_cache)
     train_set, eval_set = blocks["train"], blocks["validation"]
     if data_args.max_train_samples:
         train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
@@ -148,10 +229,9 @@ def main(argv=None):
 
 
 def command():
-    """`serpent-train`: exits with status 0 after a run (main returns the metrics to Python callers, and a
-    console command would turn that return value into exit status 1)."""
-    main()
+    """`serpent-train`: exits with status 0 after a run, or with one line naming the error (serpent_hf.cli)."""
+    run_command(main)
 
 
 if __name__ == "__main__":
-    main()
+    command()

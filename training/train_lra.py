@@ -1,6 +1,7 @@
 """Long Range Arena on the Hugging Face Trainer: ListOps, Text (byte-level IMDb), Retrieval (AAN).
 
     serpent-train-lra configs/train-lra-listops.json            # every argument from one JSON
+    serpent-train-lra train-lra-listops-cpu.json --max_steps 200  # a shipped recipe by name, one option changed
     serpent-train-lra --task listops --model_config configs/lra-listops.json \
         --output_dir runs/listops --max_steps 80000 --per_device_train_batch_size 50 --learning_rate 0.01
 
@@ -14,17 +15,20 @@ weight decay; matrices (and C) at --learning_rate with --weight_decay; vectors (
 D) without weight decay. The learning-rate schedule and everything else are TrainingArguments.
 """
 
-import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from ..modeling import S4DMixer
 from .. import SeRpEntConfig, SeRpEntForSequenceClassification
 
+from .. import configs
+from ..cli import run_command
 from . import lra_data
+from .arguments import parse_arguments
 
 # Per task: number of classes, vocabulary, LRA's maximum length, and whether longer inputs are cut.
 TASKS = {
@@ -73,6 +77,11 @@ def build_datasets(args):
 def build_model(config_path, task, **overrides):
     """SeRpEntForSequenceClassification from a config file, checked against the task's vocabulary and classes."""
     spec = TASKS[task]
+    if not Path(config_path).exists() and configs.model_preset(config_path) is not None:
+        config_path = str(configs.model_preset(config_path))  # "lra-listops": the preset shipped with the package
+    if not Path(config_path).is_file():
+        raise ValueError(f"--model_config {config_path} does not exist (presets: "
+                         f"{', '.join(name for name in configs.model_presets() if name.startswith('lra-'))})")
     config = SeRpEntConfig.from_pretrained(config_path, num_labels=spec["num_labels"], **overrides)
     if config.vocab_size < spec["vocab_size"]:
         raise ValueError(f"{config_path}: vocab_size {config.vocab_size} is smaller than the {task} vocabulary "
@@ -123,12 +132,8 @@ def build_trainer(model, training_args, datasets, ssm_learning_rate):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((LRAArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        args, training_args = parser.parse_json_file(argv[0])
-    else:
-        args, training_args = parser.parse_args_into_dataclasses(argv)
+    # A run file (this package's recipes by name too, e.g. train-lra-listops-cpu.json) and options that override it.
+    args, training_args = parse_arguments((LRAArguments, TrainingArguments), argv)
     datasets = build_datasets(args)
     model = build_model(args.model_config, args.task)
     trainer = build_trainer(model, training_args, datasets, args.ssm_learning_rate)
@@ -141,10 +146,9 @@ def main(argv=None):
 
 
 def command():
-    """`serpent-train-lra`: exits with status 0 after a run (main returns the test metrics to Python callers, and a
-    console command would turn that return value into exit status 1)."""
-    main()
+    """`serpent-train-lra`: exits with status 0 after a run, or with one line naming the error (serpent_hf.cli)."""
+    run_command(main)
 
 
 if __name__ == "__main__":
-    main()
+    command()
