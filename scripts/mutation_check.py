@@ -36,6 +36,7 @@ TESTS = [
     "tests/test_decoding.py",
     "tests/test_causality.py",
     "tests/test_kernels.py",
+    "tests/test_compiled_decoding.py",
 ]
 IGNORED = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "outputs", "__pycache__", ".hypothesis",
                                  ".pytest_cache", "*.egg-info", "build", "dist")
@@ -133,8 +134,8 @@ MUTANTS = [
            '"dataset_name": ("validation_file",),',
            "--dataset_name leaves the run file's train_file in place, which wins"),
     Mutant("unset_ignored", "training/arguments.py",
-           "        values.pop(name, None)\n    for name in filter",
-           "    for name in filter",
+           "        values.pop(name, None)\n    values = {**(defaults",
+           "    values = {**(defaults",
            "--unset removes nothing"),
     Mutant("p95_is_p90", "training/trainer.py",
            "PERCENTILES = (0.05, 0.95)",
@@ -144,6 +145,10 @@ MUTANTS = [
            "if id(module) in wrapped or not _packable(module):",
            "if not _packable(module):",
            "optimize_for_cpu packs the layer inside a LoRA wrapper"),
+    Mutant("host_read_while_compiling", "modeling/branch.py",
+           'return device.type == "cpu" and not torch.compiler.is_compiling()',
+           'return device.type == "cpu"',
+           "a decoding step reads token ids and emissions on the host while torch.compile traces it"),
 ]
 
 

@@ -8,9 +8,6 @@ from transformers import CompileConfig
 
 from tests.conftest import assert_steps_match_forward, cache_of, tiny_config, tiny_model
 
-pytestmark = pytest.mark.slow  # inductor compiles for tens of seconds on a CPU
-
-
 def compile_config(backend="inductor"):
     config = CompileConfig(fullgraph=True, dynamic=None, mode="default", backend=backend)
     config._compile_all_devices = True  # transformers compiles only on accelerators unless told otherwise
@@ -40,6 +37,7 @@ def test_one_token_step_traces_as_one_graph():
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow  # seconds of tracing per batch size
 def test_new_batch_sizes_do_not_recompile_every_call():
     """dynamo's count of compiled frames over generate() calls at batch sizes 2, 3, 5, 4: once a size has
     changed, the batch dimension is dynamic and later sizes reuse the graph (the backend here is dynamo's
@@ -56,6 +54,7 @@ def test_new_batch_sizes_do_not_recompile_every_call():
     assert frames[3] == frames[2], f"graphs compiled after each generate(): {frames}"
 
 
+@pytest.mark.slow  # inductor compiles for tens of seconds on a CPU
 def test_compiled_steps_equal_eager_and_the_forward_pass():
     """Inductor-compiled steps through generate(): the same greedy tokens as eager decoding, every step's
     logits within 1e-5 of eager's and (the decoding tolerance) of one forward pass over the sequences."""
