@@ -11,7 +11,7 @@ the block, not in the average. Training seconds exclude evaluation (train_runtim
 evaluations' runtime); run the script pinned to one core with one thread, so that both models' seconds
 compare (`taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/context_length.py ...`).
 
-    python benchmarks/context_length.py ../shared/data/wikitext-103-v1 --block_sizes 256 1024 2048 --seeds 0 1 2
+    python benchmarks/context_length.py DATA/wikitext-103-v1 --block_sizes 256 1024 2048 --seeds 0 1 2
     python benchmarks/context_length.py DATA --summarise_only        # tables, JSON and plots of finished runs
     python benchmarks/context_length.py DATA --block_sizes 256 --arm_steps study-serpent-slow=287 \
         --output_dir runs/equal-time                                 # equal training time (see --arm_steps)

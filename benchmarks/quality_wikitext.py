@@ -1,15 +1,16 @@
 """Quality on held-out WikiText: SeRpEnt arms against Mamba baselines of equal size, trained on the
 same tokens with the same seeds, scored by top-1 / top-5 next-token accuracy and perplexity.
 
-Data: the WikiText-103 validation file (60 articles), split as ../shared/data/README.md says:
+Data: the WikiText-103 validation file, 60 articles (DATA/wikitext-103-v1/wiki.valid.tokens, the raw
+file of the dataset's wikitext-103-v1 release; DATA is any folder you keep it in). Its
 articles are separated by top-level headings " = Title = "; the first 54 train, the last 6 are
 held out. Tokenizer: a byte-level BPE of 4,096 entries (the configs' vocab_size) trained on the 54
 training articles only. Every run is training/train_lm.py with identical options (steps, batch,
 block size, learning-rate schedule, seed); only the model config (and an arm's own options, such
 as θ_Δ's learning-rate multiplier) differ. See ARMS below.
 
-    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 1000   # small vs small-mamba
-    python benchmarks/quality_wikitext.py ../shared/data/wikitext-103-v1 --max_steps 200 --eval_steps 100 \
+    python benchmarks/quality_wikitext.py DATA/wikitext-103-v1 --max_steps 1000   # small vs small-mamba
+    python benchmarks/quality_wikitext.py DATA/wikitext-103-v1 --max_steps 200 --eval_steps 100 \
         --seeds 0 1 2 --arms study-mamba-14L study-mamba-4L study-serpent-hidden ...       # the quality study
 
 The training set is small (about 270K tokens): 1,000 steps are about 7.6 epochs and the held-out

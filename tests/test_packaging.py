@@ -159,7 +159,7 @@ def test_the_wheel_alone_trains_tiny_with_the_defaults_evaluates_and_generates(w
     state = json.loads((work / "run" / "trainer_state.json").read_text())
     assert sum("loss" in entry for entry in state["log_history"]) >= 10  # a curve, not one dot
     run(str(site / "bin" / "serpent-eval"), "--model_name_or_path", "run", "--train_file", "my-text.txt",
-        "--block_size", "128", "--output_dir", "evaluation")
+        "--output_dir", "evaluation")  # at the run's own block size
     evaluated = json.loads((work / "evaluation" / "eval_results.json").read_text())["run"]
     assert evaluated["eval_perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-4)
     generated = json.loads(run(sys.executable, "-c", GENERATE, str(site)).stdout.strip().splitlines()[-1])

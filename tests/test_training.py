@@ -242,6 +242,20 @@ def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):
         assert results[str(tmp_path / name)]["eval_loss"] > trained["eval_loss"]
 
 
+def test_eval_lm_evaluates_a_run_at_its_own_block_size(reference, tmp_path):
+    """Without --block_size, serpent-eval cuts the text into the blocks the run was trained on (64 here; its own
+    default would be 1024) and so reproduces the run's final evaluation."""
+    assert read_json(reference / "train_results.json")["train_block_size"] == 64
+    results = eval_lm.main(["--model_name_or_path", str(reference), "--train_file", str(CORPUS),
+                            "--validation_articles", "2", "--max_eval_samples", "12", "--per_device_eval_batch_size", "4",
+                            "--use_cpu", "true",
+                            "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "own")])
+    assert results[str(reference)]["block_size"] == 64
+    trained = read_json(reference / "eval_results.json")
+    for key in METRICS:
+        assert results[str(reference)][key] == pytest.approx(trained[key], rel=1e-5)
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -348,7 +362,7 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path, offline, content, options, 
 
 
 def test_a_folder_with_only_vocab_and_merges_loads_as_a_gpt2_tokenizer(tmp_path):
-    """The offline GPT-2 BPE (`--tokenizer_name ../shared/data/gpt2-bpe`) is such a folder."""
+    """The offline GPT-2 BPE (a local copy of GPT-2's tokenizer files) is such a folder."""
     from tokenizers import ByteLevelBPETokenizer
 
     from serpent_hf.training.data import load_tokenizer

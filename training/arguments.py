@@ -71,7 +71,9 @@ class DataArguments:
         default=5, metadata={"help": "Percentage of the training lines held out when there is no validation split."}
     )
     block_size: int | None = field(
-        default=None, metadata={"help": "Tokens per training sequence (default: min(1024, the tokenizer's maximum length))."}
+        default=None, metadata={"help": "Tokens per sequence (serpent-train: 128, halved while a split of a small text holds "
+                                          "less than one block; serpent-eval: the run's own, from its train_results.json, "
+                                          "else min(1024, the tokenizer's maximum length))."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation blocks."})

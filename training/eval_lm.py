@@ -41,9 +41,15 @@ class EvalArguments:
         "help": "Upper ends of position buckets (e.g. 128 512 2048): also report loss and top-1 by position in the block."})
 
 
+def trained_block_size(name):
+    """The block size a serpent-train run was trained at (its train_results.json), or None."""
+    results = Path(name) / "train_results.json"
+    return json.loads(results.read_text()).get("train_block_size") if results.is_file() else None
+
+
 def evaluate_checkpoint(name, eval_args, data_args, training_args, raw):
     tokenizer = load_tokenizer(eval_args.tokenizer_name or name, eval_args.cache_dir)
-    block_size = resolve_block_size(data_args.block_size, tokenizer)
+    block_size = resolve_block_size(data_args.block_size or trained_block_size(name), tokenizer)
     blocks = group_into_blocks(DatasetDict(validation=raw["validation"]), tokenizer, block_size)["validation"]
     if data_args.max_eval_samples:
         blocks = blocks.select(range(min(data_args.max_eval_samples, len(blocks))))

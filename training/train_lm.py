@@ -188,6 +188,7 @@ def main(argv=None):
     resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=IGNORE_KEYS)
     trainer.save_model()
+    train_result.metrics["train_block_size"] = block_size  # serpent-eval evaluates at this size by default
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
