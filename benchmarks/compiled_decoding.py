@@ -11,7 +11,8 @@ Models (configs/small.json size: hidden 256, 4 layers, vocab 4096):
 Decode is timed as bench_generation.py times it (one untimed prefill of a 16-token prompt, then
 `--new-tokens` cached greedy steps under inference_mode, models interleaved round by round, medians
 and paired per-round ratios). Also measured:
-    * compile seconds: the first three compiled steps at each batch size, after torch._dynamo.reset() (the
+    * compile seconds: the first three compiled steps at each batch size, after torch._dynamo.reset(), with
+      an empty inductor cache (a user's first call; `--warm-inductor-cache` keeps ~/.cache's) (the
       first compiles a graph specialised to every size; the second recompiles it with the count of consumed
       tokens dynamic, as dynamic=None does with any value seen to change);
     * recompiles: graphs compiled by generate(compile_config=...) run at batch sizes 2, 5, 16 and 1 in turn
@@ -24,7 +25,9 @@ Run pinned to one otherwise idle core (pause training runs meanwhile):
 """
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +60,8 @@ def parse_args():
     parser.add_argument("--models", nargs="+", default=["serpent", "serpent-compiled", "serpent-cpu-compiled",
                                                         "hf-mamba", "mamba-eq"], choices=list(LABELS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warm-inductor-cache", action="store_true",
+                        help="compile with the user's inductor cache (default: an empty one, as at a first call)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "compiled-decoding-cpu.json"))
     return parser.parse_args()
 
@@ -104,6 +109,8 @@ def recompiles_over_generate(model, batches, new_tokens=8):
 
 def main():
     args = parse_args()
+    if not args.warm_inductor_cache:  # read by inductor when it compiles, so setting it here is early enough
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
     common.setup_torch(args.threads)
     machine = common.machine_info()
     print(f"CPU: {machine['cpu_model']}, torch {machine['torch']} ({machine['torch_threads']} threads), "
