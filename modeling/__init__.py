@@ -28,7 +28,6 @@ from .selectivity import EmbeddingSelectivity
 from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
-    "host_reads_are_free",
     "CLOCK_QUANTUM",
     "BlockOutput",
     "Branch",
@@ -49,4 +48,5 @@ __all__ = [
     "SeRpEntBlock",
     "SelectiveResampler",
     "SelectivityNetwork",
+    "host_reads_are_free",
 ]

@@ -206,10 +206,11 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if length == 0 and (cache is None or cache.num_tokens == 0):
             raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
-        decoding_step = cache is not None and length == 1
         # Ids are read on the host at prefill and wherever a read is free; a compiled or GPU decoding step reads
         # nothing (its ids come from generate's own sampling, and nn.Embedding still refuses one out of range).
-        if input_ids is not None and input_ids.numel() > 0 and not (decoding_step and not host_reads_are_free(input_ids.device)):
+        decoding_step = cache is not None and length == 1
+        read_ids = input_ids is not None and (not decoding_step or host_reads_are_free(input_ids.device))
+        if read_ids and input_ids.numel() > 0:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
