@@ -4,7 +4,9 @@ Models (configs/small.json size: hidden 256, 4 layers, vocab 4096):
     serpent            SeRpEnt, eager: on a CPU only the rows that emit step their compressed SSM
     serpent-compiled   the same model's forward compiled as generate() compiles it (`get_compiled_call` with
                        CompileConfig(fullgraph=True, dynamic=None, mode="default")): the device-neutral step
-    serpent-cpu-compiled   optimize_for_cpu (serpent_hf/cpu.py), then compiled the same way
+    serpent-cpu-compiled   optimize_for_cpu (serpent_hf/cpu.py), then compiled the same way; not run by default:
+                       at batch 16 under inference_mode the compiler stops at the packed Linear's
+                       weight.is_inference() (torch 2.13, Unsupported): not mended yet
     hf-mamba           transformers' MambaForCausalLM of the same width and depth, eager (the anchor)
     mamba-eq           our Mamba of SeRpEnt's parameter count (configs/small-mamba.json, 14 layers), eager
 
@@ -57,8 +59,7 @@ def parse_args():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=["serpent", "serpent-compiled", "serpent-cpu-compiled",
-                                                        "hf-mamba", "mamba-eq"], choices=list(LABELS))
+    parser.add_argument("--models", nargs="+", default=["serpent", "serpent-compiled", "hf-mamba", "mamba-eq"], choices=list(LABELS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warm-inductor-cache", action="store_true",
                         help="compile with the user's inductor cache (default: an empty one, as at a first call)")
