@@ -1,7 +1,7 @@
 """Decoding compiled with torch.compile on a CPU: ms/token eager vs compiled vs transformers' Mamba.
 
 Models (configs/small.json size: hidden 256, 4 layers, vocab 4096):
-    serpent            SeRpEnt, eager: on a CPU only the rows that emit step their compressed SSM
+    serpent            SeRpEnt, eager (every row steps every SSM; `where` keeps the emitters' states)
     serpent-compiled   the same model's forward compiled as generate() compiles it (`get_compiled_call` with
                        CompileConfig(fullgraph=True, dynamic=None, mode="default")): the device-neutral step
     serpent-cpu-compiled   optimize_for_cpu (serpent_hf/cpu.py), then compiled the same way; not run by default:

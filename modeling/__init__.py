@@ -5,8 +5,8 @@ Read in this order, which is the order of DESIGN.md:
     kernels.py       dispatch to mamba-ssm's CUDA kernels when they can run
     mamba_mixer.py   the Mamba mixer (parallel pass and one-step recurrence)
     s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
+    selectivity.py   θ_Δ: per branch from its input, or of every branch from the token embeddings (exact)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
-    selectivity.py   θ_Δ of every branch reading the token embeddings, in exact arithmetic
     branch.py        resample -> SSM -> decompress at one compression rate
     block.py         RMSNorm, branches, concat projection, residual
     state.py         recurrent state for generation
@@ -21,10 +21,9 @@ from .resampling import (
     GaussianBasis,
     ResamplingPlan,
     SelectiveResampler,
-    SelectivityNetwork,
 )
 from .s4d import S4DMixer
-from .selectivity import EmbeddingSelectivity
+from .selectivity import SelectivityNetwork
 from .state import BranchState, MixerState, ResamplingState, S4DState
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "BranchOutput",
     "ChannelMixingBasis",
     "ConcatProjection",
-    "EmbeddingSelectivity",
     "BranchState",
     "BranchStatistics",
     "GaussianBasis",

@@ -61,7 +61,7 @@ class SeRpEntBlock(nn.Module):
         columns = iter(logits.unbind(-1))
         return [None if branch.resampler is None else next(columns) for branch in self.branches]
 
-    def forward(self, hidden_states, valid=None, state=None, return_state=False, decoding_step=False, logits=None):
+    def forward(self, hidden_states, valid=None, state=None, logits=None, return_state=False, decoding_step=False):
         """hidden_states (b, l, d) -> BlockOutput: (b, l, d), list of BranchState (or None), list of BranchStatistics.
 
         logits (b, l, C) float64: θ_Δ's for the C compressed branches, from the token embeddings (delta_source
@@ -74,7 +74,8 @@ class SeRpEntBlock(nn.Module):
         outputs = []
         for index, (branch, branch_logits) in enumerate(zip(self.branches, self.branch_logits(logits))):
             previous = None if state is None else state[index]
-            outputs.append(branch(x, valid, previous, return_state or decoding_step, branch_logits, decoding_step))
+            outputs.append(branch(x, valid=valid, state=previous, logits=branch_logits,
+                                  return_state=return_state or decoding_step, decoding_step=decoding_step))
         mixed = outputs[0].output
         if self.projection is not None:
             mixed = self.projection(torch.cat([output.output for output in outputs], dim=-1))

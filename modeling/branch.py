@@ -73,7 +73,7 @@ class Branch(nn.Module):
         resampling = None if self.resampler is None else self.resampler.empty_state(batch_size, device, dtype)
         return BranchState(mixer=self.mixer.empty_state(batch_size, device, dtype), resampling=resampling)
 
-    def forward(self, x, valid=None, state=None, return_state=False, logits=None, decoding_step=False):
+    def forward(self, x, valid=None, state=None, logits=None, return_state=False, decoding_step=False):
         """x (b, l, d); valid (b, l) bool or None; state: BranchState of the previous chunk or None;
         logits (b, l) float64: θ_Δ's, from the token embeddings (delta_source "embedding"), or None.
 
@@ -104,35 +104,26 @@ class Branch(nn.Module):
 
     def step(self, x, state, logits=None):
         """One element x (b, d) -> BranchOutput with y (b, d); `state` (BranchState) is advanced in place and
-        returned; logits (b,) as in forward."""
+        returned; logits (b,) as in forward.
+
+        The resampling is forward's, on a chunk of one element; only the SSM steps its recurrence instead of
+        scanning. Every row steps a copy of the SSM state and `where` keeps it for the rows that emit: a
+        data-dependent choice of rows would be a host read per token (a device synchronisation, a graph break).
+        Where that read is free (a CPU, not compiling), a step in which no row emits skips the SSM: at batch 1 a
+        compressed branch emits at only a share κ..1 of the tokens.
+        """
         if self.resampler is None:
             y = self.mixer(x, state=state.mixer, decoding_step=True)
             ones = torch.ones(x.shape[0], device=x.device, dtype=torch.float64)
             return BranchOutput(y, state, BranchStatistics(ones, ones.long()))
-        resampling = state.resampling
-        deltas, emits = self.resampler.step_clock(x, resampling, logits)
-        if host_reads_are_free(emits.device):
-            # On a CPU reading `emits` costs nothing, and most rows of a compressed branch emit nothing at a given
-            # token: only the emitters step their SSM (1.4x faster decoding at batch 1, 1.3x at 16 for `small`,
-            # benchmarks/README.md).
-            rows = emits.nonzero().squeeze(-1)
-            if rows.numel() == emits.shape[0]:  # every row emits (at batch 1, whenever it emits): no gather
-                output = self.mixer(self.resampler.step_sample(resampling), state=state.mixer, decoding_step=True)
-                resampling.last_output.copy_(output)
-            elif rows.numel() > 0:
-                # index_select, not tensor[rows]: the general indexing kernel is 4x slower at these sizes.
-                emitters = state.mixer.map(lambda tensor: tensor.index_select(0, rows))
-                samples = self.resampler.step_sample(resampling).index_select(0, rows)
-                output = self.mixer(samples, state=emitters, decoding_step=True)
-                state.mixer.index_copy_(rows, emitters)
-                resampling.last_output.index_copy_(0, rows, output.to(resampling.last_output.dtype))
-        else:
-            # Elsewhere a data-dependent branch would be a host synchronisation per token: every row steps a copy
-            # of the SSM state and `where` keeps it for the rows that emit.
+        x = x.unsqueeze(1)
+        plan = self.resampler.plan(x, None, None if logits is None else logits.unsqueeze(1), state.resampling, width=1)
+        emits = plan.sample_valid[:, 0]
+        output = state.resampling.last_output  # read by no row unless it emits
+        if not host_reads_are_free(x.device) or bool(emits.any()):
             stepped = state.mixer.map(torch.clone)
-            output = self.mixer(self.resampler.step_sample(resampling), state=stepped, decoding_step=True)
+            output = self.mixer(self.resampler.compress(x, plan)[:, 0], state=stepped, decoding_step=True)
             state.mixer.copy_where_(emits, stepped)
-            last_output = resampling.last_output
-            last_output.copy_(torch.where(emits.unsqueeze(-1), output.to(last_output.dtype), last_output))
-        y = self.resampler.step_decompress(resampling)
-        return BranchOutput(y, state, BranchStatistics(deltas, emits.long()))
+        y, last_output = self.resampler.decompress(output.unsqueeze(1), plan)
+        state.resampling.copy_(self.resampler.advance(x, plan, last_output))
+        return BranchOutput(y[:, 0], state, BranchStatistics(plan.deltas[:, 0], plan.new_counts))

@@ -28,9 +28,8 @@ integer choices (floor, searchsorted) have none.
 A chunk of elements is resampled in three calls that read one ResamplingPlan: `plan` (Δ, the
 clock from the state left by the previous chunk, the grid of new samples), `compress` and
 `decompress`; `advance` gives the state after the chunk. The same code serves the full forward
-pass, prefill and a cached multi-token continuation. A decoding step is the one-element case
-written as in-place updates of the state: `step_clock` (the plan), `step_sample` (compress),
-`step_decompress`.
+pass, prefill, a cached multi-token continuation and a decoding step, which is a chunk of one
+element whose grid has room for one sample (no host read decides the width).
 """
 
 import math
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .selectivity import SelectivityNetwork
 from .state import ResamplingState
 
 # Each Δ is a multiple of 2^-20: sums of such numbers are exact in float64 (up to t = 2^33), so
@@ -112,31 +112,6 @@ class ChannelMixingBasis(GaussianBasis):
         per_basis = torch.einsum("...kg,...kd->...gd", self.features(gaps), neighbors)
         mixed = F.linear(per_basis.flatten(-2), self.weight.flatten(1))
         return mixed + self.bias * neighbors.sum(dim=-2)
-
-
-class SelectivityNetwork(nn.Module):
-    """θ_Δ: a linear map from an element to one logit, evaluated in float64.
-
-    float64 makes the batched (parallel) and the single-token (generation) evaluation agree to
-    ~1e-16, far below the 2^-20 grid Δ is rounded to, so both paths pick the same grid point.
-    """
-
-    def __init__(self, hidden_size, bias_init=-3.0):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(1, hidden_size))
-        self.bias = nn.Parameter(torch.empty(1))
-        self.bias_init = bias_init
-        with torch.no_grad():
-            for name, value in self.initial_parameters().items():
-                self.get_parameter(name).copy_(value)
-
-    def initial_parameters(self):
-        # A negative bias starts the branch near its nominal rate (sigmoid(-3) ≈ 0.05).
-        return {"weight": torch.randn_like(self.weight) * 0.02, "bias": torch.full((1,), self.bias_init)}
-
-    def forward(self, x):
-        """x (..., d) -> logits (...,) float64."""
-        return F.linear(x.double(), self.weight.double(), self.bias.double()).squeeze(-1)
 
 
 def nearest_neighbors(times, grid, num_neighbors):
@@ -215,7 +190,7 @@ class SelectiveResampler(nn.Module):
         self.causal = causal
         # The smallest Δ after quantisation: rounding must never go below κ, or floor(κ·L) <= M could fail.
         self.min_delta = math.ceil(compression_rate / CLOCK_QUANTUM) * CLOCK_QUANTUM
-        self.selectivity = SelectivityNetwork(hidden_size, delta_bias_init) if delta_from_input else None  # θ_Δ
+        self.selectivity = SelectivityNetwork(hidden_size, bias_init=delta_bias_init) if delta_from_input else None
         gap_range = (-1.0, float(num_neighbors)) if causal else (-num_neighbors / 2 - 1.0, num_neighbors / 2 + 1.0)
         operator = {"gate": GaussianBasis, "linear": ChannelMixingBasis}[compression_operator]
         self.compression_basis = operator(num_basis, hidden_size, *gap_range, bias_value=1.0 / num_neighbors)
@@ -239,7 +214,7 @@ class SelectiveResampler(nn.Module):
 
         θ_Δ's logits (...,) are given (delta_source "embedding") or computed from x (..., d) ("hidden")."""
         if logits is None:
-            logits = self.selectivity(x)
+            logits = self.selectivity(x)[0][..., 0]
         delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(logits)
         quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(min=self.min_delta, max=1.0)
         delta = delta + (quantised - delta).detach() if delta.requires_grad else quantised
@@ -247,10 +222,13 @@ class SelectiveResampler(nn.Module):
             delta = delta * valid
         return delta
 
-    def plan(self, x, valid=None, logits=None, previous=None):
+    def plan(self, x, valid=None, logits=None, previous=None, width=None):
         """Where a chunk's elements fall on the clock and which samples it emits: the ResamplingPlan that
         compress, decompress and advance read. x (b, l, d) with padding zeroed; previous: the state after the
-        chunk before (None: a fresh sequence)."""
+        chunk before (None: a fresh sequence).
+
+        width: the grid's length M when the caller knows a bound on every row's new samples (1 for one element,
+        since Δ <= 1); None reads the largest count from the device."""
         batch, length = x.shape[:2]
         if previous is None:
             previous = self.empty_state(batch, x.device, x.dtype)
@@ -259,9 +237,11 @@ class SelectiveResampler(nn.Module):
         end_clock = times[:, -1] if length > 0 else previous.clock
         total = torch.floor(end_clock) if self.causal else torch.floor(end_clock).clamp(min=1.0)
         new_counts = (total - previous.emitted).long()
-        width, finite = 0, True
-        if batch > 0:  # the one host synchronisation of the branch
-            width, finite = torch.stack([new_counts.max(), torch.isfinite(end_clock).all().long()]).tolist()
+        finite = True
+        if width is None:
+            width = 0
+            if batch > 0:  # the one host synchronisation of the branch
+                width, finite = torch.stack([new_counts.max(), torch.isfinite(end_clock).all().long()]).tolist()
         if not finite:
             raise ValueError(f"Δ is not finite (NaN or Inf) in the resampling branch at rate {self.compression_rate}: "
                              "its input or its selectivity network θ_Δ holds NaN or Inf")
@@ -321,34 +301,3 @@ class SelectiveResampler(nn.Module):
             emitted=previous.emitted + plan.new_counts,
             last_output=last_output,
         )
-
-    def step_clock(self, x, state, logits=None):
-        """The plan of one element x (b, d): advance the clock and the neighbour buffers of `state` in place
-        -> Δ (b,) float64 and emits (b,) bool.
-
-        logits (b,): θ_Δ's, when given from the token embeddings. A row emits when floor(t) passes its emitted
-        count m; its new sample is then m + 1.
-        """
-        deltas = self.deltas(x, logits=logits)
-        clock = state.clock.add_(deltas)
-        emits = torch.floor(clock) > state.emitted
-        state.emitted.add_(emits)  # Δ <= 1: at most one new sample per element
-        state.neighbor_inputs.copy_(torch.cat([state.neighbor_inputs[:, 1:], x.unsqueeze(1)], dim=1))
-        state.neighbor_times.copy_(torch.cat([state.neighbor_times[:, 1:], clock.unsqueeze(1)], dim=1))
-        return deltas, emits
-
-    def step_sample(self, state):
-        """x~ (b, d) of the sample s = m just emitted, from the state advanced by step_clock.
-
-        Rows that did not emit get a value that the caller discards.
-        """
-        gaps = (state.emitted.unsqueeze(-1) - state.neighbor_times).to(state.neighbor_inputs.dtype)
-        return self.compression_basis.combine(gaps, state.neighbor_inputs)
-
-    def step_decompress(self, state):
-        """Output of the current element from the (already updated) state: c(t - m) ⊙ y~_m.
-
-        Before the first sample (m = 0) this is 0 without a mask: last_output starts at zero and
-        only an emission changes it.
-        """
-        return self.decompression_basis((state.clock - state.emitted).to(state.last_output.dtype)) * state.last_output

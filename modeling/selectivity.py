@@ -1,7 +1,11 @@
-"""θ_Δ reading the token embeddings (DESIGN.md section 1.1, delta_source = "embedding").
+"""θ_Δ, the selectivity network: a linear map from an element to a logit, in float64 (DESIGN.md section 1.1).
 
-One selectivity network per compressed branch of every layer, p = 1..P, all reading the same
-input: the token embeddings e_l (the input of the first block), never a hidden state.
+delta_source = "hidden": each compressed branch owns one (P = 1), reading its block's normalised input. float64
+makes the batched and the one-token evaluation agree to ~1e-16, far below the 2^-20 grid Δ is rounded to.
+
+delta_source = "embedding": one module holds the networks of every compressed branch of every layer,
+p = 1..P, all reading the same input: the token embeddings e_l (the input of the first block), in exact
+arithmetic:
 
     u_l      = e_l / σ_e                                    embedding in units of its initial spread
     s_l^p    = w_p · u_l                                    per-token score
@@ -40,10 +44,11 @@ def fixed_point(x, quantum, bound):
     return x + (torch.round(x / quantum) * quantum - x).detach()
 
 
-class EmbeddingSelectivity(nn.Module):
-    """Every compressed branch's θ_Δ: weight (P, d), bias (P,), reading the token embeddings."""
+class SelectivityNetwork(nn.Module):
+    """P networks θ_Δ: weight (P, d), bias (P,). With embedding_std (delta_source "embedding") the inputs are token
+    embeddings of that initial spread and every logit is exact (module docstring); without, plain float64."""
 
-    def __init__(self, hidden_size, num_networks, window=1, embedding_std=0.02, bias_init=-3.0):
+    def __init__(self, hidden_size, num_networks=1, window=1, embedding_std=None, bias_init=-3.0):
         super().__init__()
         if hidden_size * window > EXACT_TERMS:
             raise ValueError(
@@ -53,7 +58,7 @@ class EmbeddingSelectivity(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_networks, hidden_size))
         self.bias = nn.Parameter(torch.empty(num_networks))
         self.window = window
-        self.input_scale = 1.0 / embedding_std
+        self.input_scale = None if embedding_std is None else 1.0 / embedding_std
         self.bias_init = bias_init
         with torch.no_grad():
             for name, value in self.initial_parameters().items():
@@ -71,7 +76,10 @@ class EmbeddingSelectivity(nn.Module):
         return torch.zeros(batch_size, self.window - 1, self.weight.shape[0], device=device, dtype=torch.float64)
 
     def scores(self, embeddings, valid=None):
-        """embeddings (..., d) -> s (..., P) float64, exact (module docstring); 0 where valid is False."""
+        """embeddings (..., d) -> s (..., P) float64, exact with an input scale (module docstring); 0 where valid
+        is False."""
+        if self.input_scale is None:
+            return F.linear(embeddings.double(), self.weight.double())
         u = fixed_point(embeddings.double() * self.input_scale, INPUT_QUANTUM, INPUT_BOUND)
         if valid is not None:
             u = u * valid.unsqueeze(-1)
@@ -81,10 +89,10 @@ class EmbeddingSelectivity(nn.Module):
         """embeddings (b, l, d), valid (b, l) or None, state from the previous chunk or None
         -> logits (b, l, P) float64 and the new state (None for W = 1).
 
-        With decoding_step=True: one token (b, d) -> logits (b, P), `state` advanced in place (`step`). Decoding calls
+        With decoding_step=True: one token (b, d) -> logits (b, P) and `state`, advanced in place (`step`). Decoding calls
         the module, not `step`, so that hooks on it run (accelerate's offloading loads the weights in one)."""
         if decoding_step:
-            return self.step(embeddings, state)
+            return self.step(embeddings, state), state
         return self.window_logits(self.scores(embeddings, valid), state)
 
     def window_logits(self, scores, state):

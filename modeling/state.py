@@ -3,7 +3,8 @@
 Every tensor has the batch as its first axis, so a cache can reorder, select or expand rows
 (beam search, `num_return_sequences`) with one generic `map`. Sizes never depend on how many
 tokens were generated. A forward pass returns new states; a decoding step (`step` methods)
-advances them in place, as mamba-ssm's kernels do, so a token costs no new state buffers.
+advances them in place, as mamba-ssm's kernels do (and a captured CUDA graph needs), so the buffers a
+cache holds are the same from the first token to the last.
 
     MixerState        conv (b, conv_kernel, d_inner)   last inputs of the causal convolution
                       ssm  (b, n, d_inner)             SSM state h, float32, channels last
@@ -25,6 +26,11 @@ class _Rows:
 
     def map(self, fn):
         return type(self)(**{f.name: _map(getattr(self, f.name), fn) for f in fields(self)})
+
+    def copy_(self, other):
+        """In place: every tensor takes its values from `other` (a state of the same shapes)."""
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mine.copy_(theirs)
 
     def copy_where_(self, rows, other):
         """In place: rows where `rows` (b,) is True take their values from `other` (a state of b rows)."""

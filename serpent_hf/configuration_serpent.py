@@ -225,6 +225,12 @@ class SeRpEntConfig(PretrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @property
+    def compressed_branches(self):
+        """{branch index: κ} of every branch that resamples (κ < 1), in order: the one answer to "which branches
+        compress" for the model, its Trainer, plots and model card."""
+        return {index: rate for index, rate in enumerate(self.compression_rates) if rate < 1.0}
+
+    @property
     def layer_types(self):
         return ["linear_attention"] * self.num_hidden_layers
 

@@ -3,7 +3,7 @@
 Decoding at small batch is dominated by kernel launches: each token runs hundreds of tiny
 kernels. A CUDA graph records them once and replays them with one launch. Graphs need fixed
 memory addresses, so the step reads and writes static buffers: the token embeddings, every tensor
-of the cache's state, and the output hidden state. The decoding step itself is the same
+of the cache's state, and the step's outputs. The decoding step itself is the same
 block step as in eager mode (its GPU path has no host synchronisation), so replay is
 exact against eager decoding.
 
@@ -15,7 +15,7 @@ import torch
 
 
 def decode_one_token(model, cache, embeddings):
-    """SeRpEntModel's decoding step on embeddings (b, d) -> (b, d): replayed from a CUDA graph when
+    """SeRpEntModel's decoding step on embeddings (b, d) -> DecodingStepOutput: replayed from a CUDA graph when
     config.use_cuda_graphs and the model is on a GPU (recorded at a cache's first step), else run eagerly."""
     # Under torch.compile (generate's compile_config) the compiler owns the step, CUDA graphs included.
     if not (model.config.use_cuda_graphs and embeddings.is_cuda) or torch.compiler.is_compiling():
@@ -38,13 +38,13 @@ class StaticDecodeStep:
         if cache.selectivity_state is not None:
             cache.selectivity_state = cache.selectivity_state.clone()
         self.buffers = list(cache.tensors())
-        self.hidden_states = None
+        self.outputs = None
         self.graph = None
 
     def run(self):
         """The eager step over the static buffers (also what the graph records)."""
-        self.hidden_states = self.model.decoding_step(self.embeddings, self.cache)  # advances the buffers in place
-        return self.hidden_states
+        self.outputs = self.model.decoding_step(self.embeddings, self.cache)  # advances the buffers in place
+        return self.outputs
 
     def capture(self, warmup=3):
         # Warm up on a side stream (lazy kernel imports, allocator), as torch.cuda.graphs asks,
@@ -66,6 +66,7 @@ class StaticDecodeStep:
     def __call__(self, embeddings):
         self.embeddings.copy_(embeddings)
         if self.graph is None:
-            return self.run().clone()
-        self.graph.replay()
-        return self.hidden_states.clone()
+            self.run()
+        else:
+            self.graph.replay()
+        return type(self.outputs)(*(tensor.clone() for tensor in self.outputs))

@@ -10,6 +10,7 @@ the problem.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,8 +25,8 @@ from .cache import SeRpEntCache
 from .compat import CACHE_NAME, cache_field_named_for_this_release, resolve_cache
 from .configuration_serpent import SeRpEntConfig
 from .modeling import (
+    Branch,
     ConcatProjection,
-    EmbeddingSelectivity,
     GaussianBasis,
     MambaMixer,
     RMSNorm,
@@ -67,6 +68,28 @@ class SeRpEntCausalLMOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     compressed_lengths: torch.LongTensor | None = None
     deltas: torch.DoubleTensor | None = None
+
+
+class LayersOutput(NamedTuple):
+    """SeRpEntModel.run_layers: the output after the final norm, every layer's input, every layer's list of
+    BranchState (None unless kept), the θ_Δ window after the input, compressed samples (layers, b, branches) and Δ
+    (layers, b, branches, l)."""
+
+    hidden_states: torch.Tensor
+    inputs: tuple
+    states: list
+    selectivity_state: torch.Tensor | None
+    compressed_lengths: torch.Tensor
+    deltas: torch.Tensor
+
+
+class DecodingStepOutput(NamedTuple):
+    """SeRpEntModel.decoding_step: hidden state (b, d), compressed samples (layers, b, branches), Δ (layers, b,
+    branches, 1)."""
+
+    hidden_states: torch.Tensor
+    compressed_lengths: torch.Tensor
+    deltas: torch.Tensor
 
 
 # Arguments generate() passes to prepare_inputs_for_generation for its own loop; transformers does not
@@ -122,7 +145,7 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, (MambaMixer, S4DMixer, SelectivityNetwork, EmbeddingSelectivity, GaussianBasis)):
+        if isinstance(module, (MambaMixer, S4DMixer, SelectivityNetwork, GaussianBasis)):
             for name, value in module.initial_parameters().items():
                 parameter = module.get_parameter(name)
                 init.copy_(parameter, value.to(parameter.device, parameter.dtype))
@@ -137,6 +160,17 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
             if self.config.rescale_prenorm_residual:
                 module.out_proj.weight /= self.config.num_hidden_layers**0.5
 
+
+    def resampling_parameters(self):
+        """{"selectivity": θ_Δ's parameters, "compressed_branches": every other parameter of the branches with κ < 1},
+        found by module, not by name (an adapter or a wrapper renames parameters): the groups SeRpEntTrainer gives
+        their own learning rates."""
+        selectivity = [p for m in self.modules() if isinstance(m, SelectivityNetwork)
+                       for p in m.parameters()]
+        chosen = {id(p) for p in selectivity}
+        compressed = [p for m in self.modules() if isinstance(m, Branch) and m.resampler is not None
+                      for p in m.parameters() if id(p) not in chosen]
+        return {"selectivity": selectivity, "compressed_branches": compressed}
 
     def _identity_projection(self):
         """The concat projection (d, branches · d) of projection_init "identity" (see SeRpEntConfig)."""
@@ -156,10 +190,9 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # delta_source "embedding": θ_Δ of every compressed branch, in one module that plans every clock
         # before the first block (modeling/selectivity.py).
         self.selectivity = None
-        compressed = sum(rate < 1.0 for rate in config.compression_rates)
-        if config.delta_source == "embedding" and compressed > 0:
-            self.selectivity = EmbeddingSelectivity(
-                config.hidden_size, config.num_hidden_layers * compressed, config.delta_window,
+        if config.delta_source == "embedding" and config.compressed_branches:
+            self.selectivity = SelectivityNetwork(
+                config.hidden_size, config.num_hidden_layers * len(config.compressed_branches), config.delta_window,
                 embedding_std=config.initializer_range, bias_init=config.delta_bias_init,
             )
         self.gradient_checkpointing = False
@@ -179,21 +212,42 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         return SeRpEntCache(self.config, layer_states, selectivity_state=selectivity_state)
 
     def layer_logits(self, logits):
-        """θ_Δ's logits of every compressed branch (..., layers · C) -> one (..., C) per layer (None without them)."""
+        """θ_Δ's logits of every compressed branch (..., layers · C) -> one (..., C) per layer (None without them).
+        A layer receives its logits as one tensor (a reentrant checkpoint passes gradients only through positional
+        tensors) and splits them by branch itself (SeRpEntBlock.branch_logits)."""
         if logits is None:
             return [None] * len(self.layers)
         return list(logits.chunk(len(self.layers), dim=-1))
 
+    def run_layers(self, hidden_states, valid=None, cache=None, keep_state=False, decoding_step=False):
+        """Embeddings (b, l, d), or (b, d) for a decoding step -> LayersOutput; every layer's state starts from
+        `cache` (None: a fresh sequence). The one loop over the layers, for a forward pass and for a decoding step
+        (which advances the cache in place)."""
+        logits, selectivity_state = None, None
+        if self.selectivity is not None:  # every clock is planned here, from the token embeddings
+            previous = None if cache is None else cache.selectivity_state
+            logits, selectivity_state = self.selectivity(hidden_states, valid, previous, decoding_step)
+        inputs, states, statistics = [], [], []
+        for index, (layer, layer_logits) in enumerate(zip(self.layers, self.layer_logits(logits))):
+            inputs.append(hidden_states)
+            previous = None if cache is None else cache.layer_states[index]
+            # Tensors positional: a reentrant checkpoint passes gradients only through positional inputs (θ_Δ's logits
+            # too). The flags by keyword: hooks (accelerate's offloading) read decoding_step there.
+            hidden_states, state, stats = layer(hidden_states, valid, previous, layer_logits, return_state=keep_state,
+                                                decoding_step=decoding_step)
+            states.append(state)
+            statistics.append(stats)
+        lengths = torch.stack([torch.stack([s.compressed_lengths for s in layer], dim=-1) for layer in statistics])
+        deltas = torch.stack([torch.stack([s.deltas for s in layer], dim=1) for layer in statistics])
+        return LayersOutput(self.norm_f(hidden_states), tuple(inputs), states, selectivity_state, lengths,
+                            deltas.unsqueeze(-1) if decoding_step else deltas)
+
     def decoding_step(self, embeddings, cache):
-        """One token for every row: its embedding (b, d) -> hidden state (b, d) after the final norm; `cache` is
-        advanced in place. What a captured CUDA graph records (cuda_graphs.py)."""
-        logits = None
-        if self.selectivity is not None:
-            logits = self.selectivity(embeddings, state=cache.selectivity_state, decoding_step=True)
-        hidden = embeddings
-        for layer, state, layer_logits in zip(self.layers, cache.layer_states, self.layer_logits(logits)):
-            hidden, _, _ = layer(hidden, state=state, decoding_step=True, logits=layer_logits)
-        return self.norm_f(hidden)
+        """One token for every row: its embedding (b, d) -> DecodingStepOutput (hidden state (b, d) after the final
+        norm, compressed samples (layers, b, branches), Δ (layers, b, branches, 1)); `cache` is advanced in place.
+        What a captured CUDA graph records (cuda_graphs.py)."""
+        output = self.run_layers(embeddings, cache=cache, decoding_step=True)
+        return DecodingStepOutput(output.hidden_states, output.compressed_lengths, output.deltas)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
         if (input_ids is None) == (inputs_embeds is None):
@@ -262,67 +316,49 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing:
-            use_cache = False
+        use_cache = (use_cache if use_cache is not None else self.config.use_cache and not self.training) and not checkpointing
         cache = resolve_cache(cache, past_key_values)
         valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, cache)
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        batch, length = hidden_states.shape[:2]
+        length = hidden_states.shape[1]
 
-        # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from.
-        resuming = cache is not None
-        single_step = resuming and length == 1 and (valid is None or (not torch.compiler.is_compiling() and bool(valid.all())))
+        # An empty cache (model.model.empty_cache) holds valid all-zero states, so any cache is resumed from. A step
+        # asked for the hidden states runs as a chunk of length one (the same numbers, exact; slower).
+        if self._is_decoding_step(cache, length, valid, checkpointing) and not output_hidden_states:
+            hidden_states, lengths, deltas = decode_one_token(self, cache, hidden_states[:, 0])
+            cache.num_tokens += 1
+            output = SeRpEntModelOutput(last_hidden_state=hidden_states.unsqueeze(1), **{CACHE_NAME: cache},
+                                        compressed_lengths=lengths, deltas=deltas if output_deltas else None)
+            return output if return_dict else output.to_tuple()
+
+        layers = self.run_layers(hidden_states, valid, cache, keep_state=use_cache or cache is not None)
+        if cache is not None:
+            cache.layer_states, cache.selectivity_state = layers.states, layers.selectivity_state
+            cache.decode_step = None  # a captured CUDA graph points at the replaced tensors
+            cache.num_tokens += length
+        elif use_cache:
+            cache = SeRpEntCache(self.config, layers.states, num_tokens=length,
+                                 selectivity_state=layers.selectivity_state)
+        output = SeRpEntModelOutput(
+            last_hidden_state=layers.hidden_states,
+            **{CACHE_NAME: cache},
+            hidden_states=layers.inputs + (layers.hidden_states,) if output_hidden_states else None,
+            compressed_lengths=layers.compressed_lengths,
+            deltas=layers.deltas if output_deltas else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _is_decoding_step(self, cache, length, valid, checkpointing):
+        """Whether this call is one token per row continuing a cache, with no padding: the in-place decoding step."""
+        single_step = cache is not None and length == 1 and (
+            valid is None or (not torch.compiler.is_compiling() and bool(valid.all())))
         if single_step and checkpointing:
             raise ValueError(
                 "a decoding step advances the cache in place, and gradient checkpointing would run it again in the "
                 "backward pass: decode under torch.no_grad(), in eval mode, or after gradient_checkpointing_disable()"
             )
-        # The one-token path returns neither hidden states nor Δ; asked for them, a step runs as a chunk of length
-        # one (the same numbers, exact; slower).
-        if single_step and not (output_hidden_states or output_deltas):
-            hidden_states = decode_one_token(self, cache, hidden_states[:, 0]).unsqueeze(1)
-            cache.num_tokens += 1
-            output = SeRpEntModelOutput(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
-            return output if return_dict else output.to_tuple()
-
-        logits, selectivity_state = None, None
-        if self.selectivity is not None:  # every clock is planned here, from the token embeddings
-            logits, selectivity_state = self.selectivity(hidden_states, valid, cache.selectivity_state if resuming else None)
-        all_hidden_states = () if output_hidden_states else None
-        lengths, deltas = [], []
-        new_states = []
-        for index, (layer, layer_logits) in enumerate(zip(self.layers, self.layer_logits(logits))):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            previous = cache.layer_states[index] if resuming else None
-            # Positional: a reentrant checkpoint passes gradients only through positional inputs (θ_Δ's logits too).
-            hidden_states, state, stats = layer(
-                hidden_states, valid, previous, use_cache or cache is not None, False, layer_logits
-            )
-            new_states.append(state)
-            lengths.append(torch.stack([s.compressed_lengths for s in stats], dim=-1))
-            if output_deltas:
-                deltas.append(torch.stack([s.deltas for s in stats], dim=1))
-        hidden_states = self.norm_f(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        if cache is not None:
-            cache.layer_states, cache.selectivity_state = new_states, selectivity_state
-            cache.decode_step = None  # a captured CUDA graph points at the replaced tensors
-            cache.num_tokens += length
-        elif use_cache:
-            cache = SeRpEntCache(self.config, new_states, num_tokens=length, selectivity_state=selectivity_state)
-        output = SeRpEntModelOutput(
-            last_hidden_state=hidden_states,
-            **{CACHE_NAME: cache},
-            hidden_states=all_hidden_states,
-            compressed_lengths=torch.stack(lengths) if lengths else None,
-            deltas=torch.stack(deltas) if deltas else None,
-        )
-        return output if return_dict else output.to_tuple()
+        return single_step
 
 
 def check_generation_mask(input_ids, inputs_embeds, attention_mask):

@@ -213,22 +213,9 @@ def test_the_cache_goes_by_the_installed_transformers_name_and_the_old_one_still
     torch.testing.assert_close(by_new_name, model(ids).logits[:, 6:], rtol=0, atol=1e-5)
 
 
-def test_synchronisation_free_decoding_path_matches_forward(monkeypatch):
-    """The GPU decoding path (every row steps, `where` keeps the emitters) is exact too, checked on the CPU."""
-    monkeypatch.setattr("serpent_hf.modeling.branch.host_reads_are_free", lambda device: False)
-    model = tiny_model(seed=14, compression_rates=[1.0, 0.5, 0.2])
-    ids = torch.randint(3, 97, (3, 30))
-    with torch.no_grad():
-        full = model(ids).logits
-        stepped, _ = stepwise_logits(model, ids, prefill=2)
-    assert (stepped - full).abs().max().item() < 1e-4
-
-
-@pytest.mark.parametrize("cpu_path", [True, False])
-def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
+def test_decoding_advances_the_cache_in_place():
     """A step writes into the cache's own tensors (no new state per token; what a CUDA graph relies on),
-    in both decoding paths, and rows that do not emit keep their compressed-branch SSM state."""
-    monkeypatch.setattr("serpent_hf.modeling.branch.host_reads_are_free", lambda device: cpu_path)
+    and rows that do not emit keep their compressed-branch SSM state."""
     model = tiny_model(seed=15, compression_rates=[1.0, 0.5, 0.2])
     ids = torch.randint(3, 97, (4, 20))
     with torch.no_grad():
@@ -244,7 +231,7 @@ def test_decoding_advances_the_cache_in_place(monkeypatch, cpu_path):
             assert torch.equal(changed, emits)
             partial_steps += int(0 < emits.sum() < len(emits))
             assert [tensor.data_ptr() for tensor in cache.tensors()] == pointers
-    assert partial_steps > 0  # the gather / write-back path ran
+    assert partial_steps > 0  # some rows emitted while others did not
 
 
 def test_a_model_with_offloaded_weights_generates_as_the_model_in_memory(tmp_path):

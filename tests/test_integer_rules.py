@@ -10,7 +10,7 @@ clock value below is exact and the grid points j = 1, 2, ... can fall exactly on
     position l reads sample m_l = floor(t_l), scaled by c(t_l - m_l); nothing before the first sample
 
 The parallel plan (plan, compress, decompress), a chunked plan continuing from `advance`, and the
-decoding step (step_clock, step_sample, step_decompress) must all give these same numbers.
+decoding step (the same calls on one element with a grid of width 1) must all give these same numbers.
 """
 
 import math
@@ -132,26 +132,35 @@ def test_a_chunk_continuing_from_the_state_plans_what_one_pass_plans(cut):
 
 
 def test_the_decoding_step_emits_gathers_and_reads_as_the_plan_does():
+    """Element by element, as Branch.step runs them: a plan of one element whose grid has room for one sample
+    (no host read of the count), then compress, decompress and advance."""
     resampler = recording_resampler()
     x = elements()
     state = resampler.empty_state(2, "cpu", torch.float64)
     outputs = {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0}
     for position in range(6):
-        _, emits = resampler.step_clock(x[:, position], state, LOGITS[:, position])
-        assert state.clock.tolist() == [TIMES[0][position], TIMES[1][position]]
+        element = x[:, position : position + 1]
+        plan = resampler.plan(element, logits=LOGITS[:, position : position + 1], previous=state, width=1)
+        emits = plan.sample_valid[:, 0]
+        assert plan.times[:, 0].tolist() == [TIMES[0][position], TIMES[1][position]]
         for row in range(2):
             assert bool(emits[row]) == (position in EMITTERS[row]), (row, position)
-        sample = resampler.step_sample(state)
+        sample = resampler.compress(element, plan)[:, 0]
         gaps, _ = resampler.compression_basis.calls[-1]
+        ssm_output = torch.zeros(2, 1, HIDDEN, dtype=torch.float64)
         for row in range(2):
             if emits[row]:
-                j = int(state.emitted[row])
+                j = int(plan.grid[row, 0])
                 assert sample[row, 0].item() == expected_sample(row, j), (row, j)
                 expected = sorted(j - (TIMES[row][n] if n >= 0 else 0.0) for n in (position, position - 1))
-                assert sorted(gaps[row].tolist()) == expected
-                state.last_output[row] = outputs[j]  # what the SSM would return for sample j
-        read = resampler.step_decompress(state)
-        assert read[:, 0].tolist() == [10.0 * READS[0][position], 10.0 * READS[1][position]]
+                assert sorted(gaps[row, 0].tolist()) == expected
+                ssm_output[row] = outputs[j]  # what the SSM would return for sample j
+            else:
+                assert sample[row].abs().max().item() == 0.0  # outside the row's grid: masked
+        read, last_output = resampler.decompress(ssm_output, plan)
+        assert read[:, 0, 0].tolist() == [10.0 * READS[0][position], 10.0 * READS[1][position]]
+        state.copy_(resampler.advance(element, plan, last_output))
+    assert state.emitted.tolist() == [len(EMITTERS[0]), len(EMITTERS[1])]
 
 
 def test_the_smallest_delta_never_rounds_below_the_compression_rate():

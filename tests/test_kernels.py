@@ -48,7 +48,7 @@ def test_static_buffer_decoding_step_matches_eager_decoding():
         full = model(ids).logits
         cache = cache_of(model(ids[:, :5], use_cache=True))
         step = StaticDecodeStep(model.model, cache)
-        logits = [model.lm_head(step(model.model.embeddings(ids[:, t]))) for t in range(5, 20)]
+        logits = [model.lm_head(step(model.model.embeddings(ids[:, t])).hidden_states) for t in range(5, 20)]
     assert (torch.stack(logits, 1) - full[:, 5:]).abs().max().item() < 1e-4
 
 

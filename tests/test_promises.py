@@ -167,7 +167,7 @@ def test_resampling_statistics_give_mean_and_percentiles_for_every_layer_and_com
     valid = torch.zeros(1, length, dtype=torch.bool)
     valid[0, 4:] = True
     lengths = torch.tensor([[[20, 10 + i, 5 + i] for i in range(layers)]]).permute(1, 0, 2)  # (layers, b, branches)
-    statistics = resampling_statistics(deltas, lengths, rates, valid)
+    statistics = resampling_statistics(deltas, lengths, {1: 0.5, 2: 0.25}, valid)
     expected_keys = {f"resampling/layer{i}_rate{rate:g}_{what}" for i in range(layers) for rate in (0.5, 0.25)
                      for what in ("M_over_L", "delta_mean", "delta_p5", "delta_p95")}
     assert set(statistics) == expected_keys

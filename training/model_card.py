@@ -64,7 +64,7 @@ def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size
     compression = None
     if profile is not None:
         compression = {f"{rate:g}": float(profile["compressed_fraction"][:, index].mean())
-                       for index, rate in enumerate(profile["rates"]) if rate < 1.0}
+                       for index, rate in profile["compressed_branches"].items()}
     rates = getattr(model.config, "compression_rates", None)
     card = ModelCard.from_template(
         card_data,

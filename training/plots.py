@@ -141,8 +141,8 @@ def plot_context_length(results, path):
 def delta_profile(model, tokenizer, text, max_tokens=80):
     """Run a SeRpEnt model on `text`; return tokens, rates, Δ (layers, branches, length) and the
     compressed fraction M / L (layers, branches). None for models without selective resampling."""
-    rates = list(getattr(model.config, "compression_rates", []))
-    if not any(rate < 1.0 for rate in rates):
+    compressed = getattr(model.config, "compressed_branches", None)
+    if not compressed:
         return None
     ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens].to(model.device)
     was_training = model.training
@@ -152,7 +152,8 @@ def delta_profile(model, tokenizer, text, max_tokens=80):
     length = ids.shape[1]
     return {
         "tokens": [tokenizer.decode([token]) for token in ids[0].tolist()],
-        "rates": rates,
+        "rates": list(model.config.compression_rates),
+        "compressed_branches": compressed,
         "deltas": output.deltas[:, 0].float().cpu().numpy(),
         "compressed_fraction": (output.compressed_lengths[:, 0].float() / length).cpu().numpy(),
     }
@@ -160,7 +161,7 @@ def delta_profile(model, tokenizer, text, max_tokens=80):
 
 def plot_deltas(profile, path):
     """One panel per resampling branch (κ < 1): Δ per token, one line per layer. A κ = 1 branch has Δ ≡ 1."""
-    branches = [index for index, rate in enumerate(profile["rates"]) if rate < 1.0]
+    branches = list(profile["compressed_branches"])
     tokens, deltas = profile["tokens"], profile["deltas"]
     figure, axes = plt.subplots(len(branches), 1, figsize=(max(8, 0.16 * len(tokens)), 2.6 * len(branches)),
                                 sharex=True, squeeze=False)

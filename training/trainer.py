@@ -6,7 +6,8 @@
   token (close to fixed-stride pooling); these numbers show whether θ_Δ learns to tell tokens apart.
 * Learning-rate multipliers for two groups of parameters, keeping the Trainer's weight-decay
   grouping and schedule: `compressed_branch_lr_multiplier` for the branches with κ < 1 (their SSM
-  and resampling weights) and `selectivity_lr_multiplier` for θ_Δ (every `selectivity` module).
+  and resampling weights) and `selectivity_lr_multiplier` for θ_Δ; the model names both groups
+  (`resampling_parameters`).
 
 Why compressed branches learn more slowly by default (0.1 in train_lm): at the shared learning
 rate, Adam drives a compressed branch's output up by three orders of magnitude within the first
@@ -25,19 +26,18 @@ from transformers import Trainer
 PERCENTILES = (0.05, 0.95)
 
 
-def resampling_statistics(deltas, compressed_lengths, rates, valid=None):
+def resampling_statistics(deltas, compressed_lengths, compressed_branches, valid=None):
     """Per layer and compressed branch: {name: value} of M/L and Δ's mean, 5th and 95th percentile.
 
-    deltas (layers, b, branches, l) float64; compressed_lengths (layers, b, branches); valid (b, l) bool or None."""
+    deltas (layers, b, branches, l) float64; compressed_lengths (layers, b, branches); compressed_branches
+    {index: κ} (SeRpEntConfig.compressed_branches); valid (b, l) bool or None."""
     layers, batch, _, length = deltas.shape
     if valid is None:
         valid = torch.ones(batch, length, dtype=torch.bool, device=deltas.device)
     real_tokens = valid.sum().clamp(min=1)
     statistics = {}
     for layer in range(layers):
-        for branch, rate in enumerate(rates):
-            if rate >= 1.0:
-                continue
+        for branch, rate in compressed_branches.items():
             values = deltas[layer, :, branch][valid].float()
             low, high = torch.quantile(values, torch.tensor(PERCENTILES, device=values.device)).tolist()
             prefix = f"resampling/layer{layer}_rate{rate:g}"
@@ -48,12 +48,6 @@ def resampling_statistics(deltas, compressed_lengths, rates, valid=None):
     return statistics
 
 
-def compressed_branch_prefixes(config):
-    """Name fragments of the parameters of every branch with κ < 1: ".branches.{index}." per such branch."""
-    rates = getattr(config, "compression_rates", [1.0])
-    return tuple(f".branches.{index}." for index, rate in enumerate(rates) if rate < 1.0)
-
-
 class SeRpEntTrainer(Trainer):
     def __init__(self, *args, selectivity_lr_multiplier=1.0, compressed_branch_lr_multiplier=1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,8 +56,7 @@ class SeRpEntTrainer(Trainer):
         self._statistics_sums, self._statistics_steps = defaultdict(float), 0
 
     def _resamples(self, model):
-        rates = getattr(model.config, "compression_rates", [1.0])
-        return model.config.model_type == "serpent" and any(rate < 1.0 for rate in rates)
+        return bool(getattr(model.config, "compressed_branches", None))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
@@ -73,7 +66,7 @@ class SeRpEntTrainer(Trainer):
         with torch.no_grad():
             mask = inputs.get("attention_mask")
             statistics = resampling_statistics(
-                outputs.deltas, outputs.compressed_lengths, unwrapped.config.compression_rates,
+                outputs.deltas, outputs.compressed_lengths, unwrapped.config.compressed_branches,
                 None if mask is None else mask.bool(),
             )
         for key, value in statistics.items():
@@ -87,21 +80,21 @@ class SeRpEntTrainer(Trainer):
             self._statistics_sums, self._statistics_steps = defaultdict(float), 0
         super().log(logs, *args, **kwargs)
 
-    def learning_rate_multiplier(self, name):
-        """The multiplier of the parameter called `name` (1.0 for most)."""
-        if "selectivity." in name:
-            return self.selectivity_lr_multiplier
-        if any(prefix in name for prefix in compressed_branch_prefixes(self.model.config)):
-            return self.compressed_branch_lr_multiplier
-        return 1.0
+    def learning_rate_multipliers(self):
+        """{id(parameter): multiplier} of the parameters whose multiplier is not 1.0, as the model groups them
+        (none for a model without `resampling_parameters`, such as transformers' Mamba)."""
+        groups = getattr(self.model, "resampling_parameters", lambda: {})()
+        multipliers = {"selectivity": self.selectivity_lr_multiplier,
+                       "compressed_branches": self.compressed_branch_lr_multiplier}
+        return {id(parameter): multipliers[group] for group, parameters in groups.items() for parameter in parameters}
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        multipliers = self.learning_rate_multipliers()
         for group in list(optimizer.param_groups):  # split each group by multiplier, before any step
             by_multiplier = defaultdict(list)
             for parameter in group["params"]:
-                by_multiplier[self.learning_rate_multiplier(names.get(id(parameter), ""))].append(parameter)
+                by_multiplier[multipliers.get(id(parameter), 1.0)].append(parameter)
             group["params"] = by_multiplier.pop(1.0, [])
             for multiplier, parameters in by_multiplier.items():
                 optimizer.add_param_group({**group, "params": parameters, "lr": group["lr"] * multiplier})
