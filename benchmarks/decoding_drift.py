@@ -12,7 +12,7 @@ With delta_source = "embedding" every decision is exact (expect 0 flips and 100%
 with "hidden" θ_Δ reads hidden states that the two paths round differently, and a flipped
 decision shifts the branch's clock from there on.
 
-    python benchmarks/decoding_drift.py ../shared/data/wikitext-103-v1 RUN_DIR [RUN_DIR ...] --length 2000
+    python benchmarks/decoding_drift.py DATA/wikitext-103-v1 RUN_DIR [RUN_DIR ...] --length 2000
 
 RUN_DIR: a checkpoint written by training/train_lm.py (model and tokenizer). Writes --output (JSON).
 """
