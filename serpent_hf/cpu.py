@@ -54,6 +54,8 @@ class PackedLinear(nn.Linear):
     """nn.Linear that multiplies a decoding step's few rows by its weight packed for oneDNN (see the top)."""
 
     def forward(self, x):
+        if torch.compiler.is_compiling():  # the compiler lays out and packs weights itself (and cannot trace this)
+            return F.linear(x, self.weight, self.bias)
         weight, rows = self.weight, x.numel() // max(x.shape[-1], 1)
         gradients = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
         products = packed_products()
