@@ -107,9 +107,10 @@ class Branch(nn.Module):
         returned; logits (b,) as in forward.
 
         The resampling is forward's, on a chunk of one element; only the SSM steps its recurrence instead of
-        scanning. Every row steps a copy of the SSM state and `where` keeps it for the rows that emit: a
-        data-dependent choice of rows would be a host read per token (a device synchronisation, a graph break).
-        Where that read is free (a CPU, not compiling), a step in which no row emits skips the SSM: at batch 1 a
+        scanning, and only in the rows that emit (`valid`, as a chunk's SSM skips the samples past a row's own):
+        the step computes every row and the mixer leaves the others' state as it was, since a data-dependent
+        choice of rows would be a host read per token (a device synchronisation, a graph break). Where that read
+        is free (a CPU, not compiling), a step in which no row emits skips the SSM: at batch 1 a
         compressed branch emits at only a share κ..1 of the tokens.
         """
         if self.resampler is None:
@@ -121,9 +122,8 @@ class Branch(nn.Module):
         emits = plan.sample_valid[:, 0]
         output = state.resampling.last_output  # read by no row unless it emits
         if not host_reads_are_free(x.device) or bool(emits.any()):
-            stepped = state.mixer.map(torch.clone)
-            output = self.mixer(self.resampler.compress(x, plan)[:, 0], state=stepped, decoding_step=True)
-            state.mixer.copy_where_(emits, stepped)
+            output = self.mixer(self.resampler.compress(x, plan)[:, 0], valid=emits, state=state.mixer,
+                                decoding_step=True)
         y, last_output = self.resampler.decompress(output.unsqueeze(1), plan)
         state.resampling.copy_(self.resampler.advance(x, plan, last_output))
         return BranchOutput(y[:, 0], state, BranchStatistics(plan.deltas[:, 0], plan.new_counts))

@@ -109,11 +109,12 @@ class MambaMixer(nn.Module):
         """hidden_states (b, l, hidden); valid (b, l) bool or None; state: MixerState or None.
 
         Returns (b, l, hidden) and the final MixerState (or None unless return_state).
-        With decoding_step=True: one element (b, hidden) -> (b, hidden), `state` advanced in place (`step`).
+        With decoding_step=True: one element (b, hidden) -> (b, hidden), `state` advanced in place (`step`) for the
+        rows where valid (b,) is True (all without it).
         Decoding calls the mixer, not `step`, so that hooks on it run (accelerate's offloading loads A_log and D).
         """
         if decoding_step:
-            return self.step(hidden_states, state)
+            return self.step(hidden_states, state, valid)
         batch, length, _ = hidden_states.shape
         if self.training and state is None and not return_state and valid is None:
             fused = fused_mixer_dispatch(self, hidden_states, self.use_kernels)
@@ -160,16 +161,22 @@ class MambaMixer(nn.Module):
         window = last.unsqueeze(-1) + 1 + torch.arange(self.conv_kernel, device=valid.device)  # (b, k)
         return full.transpose(1, 2).gather(1, window.unsqueeze(-1).expand(-1, -1, full.shape[1]))
 
-    def step(self, hidden_states, state):
-        """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place."""
+    def step(self, hidden_states, state, valid=None):
+        """One element.  hidden_states (b, hidden) -> (b, hidden); `state` (MixerState) is advanced in place, except
+        in rows where valid (b,) is False (their output is not meaningful), as a chunk treats invalid elements:
+        Δ = 0 leaves h exactly as it was (exp(0·A) = 1, Δ·x = 0), and the conv window keeps its old inputs."""
         if self.A_log.is_meta:
             raise RuntimeError(
                 "the mixer's parameters are offloaded (on the meta device) and only a call of the mixer loads "
                 "them: step through mixer(x, state=state, decoding_step=True), not mixer.step"
             )
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        window = None if valid is None else state.conv.clone()
         x = conv_step_dispatch(state.conv, x, self.conv1d, self.use_kernels)
         delta, B, C = self._ssm_inputs(x)
+        if valid is not None:
+            state.conv.copy_(torch.where(valid.view(-1, 1, 1), state.conv, window))
+            delta = delta * valid.unsqueeze(-1)
         A = -torch.exp(self.A_log.float())
         y = selective_state_update_dispatch(state.ssm, x, delta, A, B, C, self.D, self.use_kernels)
         return self.out_proj(y.to(hidden_states.dtype) * F.silu(z))

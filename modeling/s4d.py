@@ -141,10 +141,10 @@ class S4DMixer(nn.Module):
 
         Returns (b, l, d) and the final S4DState (None unless return_state).
         With decoding_step=True: one element (b, d) -> (b, d), `state` advanced in place (`step`; a call, so
-        that hooks on the mixer run).
+        that hooks on the mixer run) for the rows where valid (b,) is True (all without it).
         """
         if decoding_step:
-            return self.step(hidden_states, state)
+            return self.step(hidden_states, state, valid)
         if self.bidirectional and (state is not None or return_state):
             raise NotImplementedError(
                 "a bidirectional S4D reads later elements, so it has no recurrent state to return or continue "
@@ -193,13 +193,15 @@ class S4DMixer(nn.Module):
         carried = torch.exp(dtA * counts.view(-1, 1, 1).to(dtA.real.dtype)) * state.ssm
         return driven + carried
 
-    def step(self, hidden_states, state):
-        """One element.  hidden_states (b, d) -> (b, d); `state` (S4DState) is advanced in place."""
+    def step(self, hidden_states, state, valid=None):
+        """One element.  hidden_states (b, d) -> (b, d); `state` (S4DState) is advanced in place, except in rows where
+        valid (b,) is False (their output is not meaningful)."""
         if self.bidirectional:
             raise NotImplementedError("a bidirectional S4D reads later elements: it cannot run one step at a time")
         dtA, B_bar = self.discretise()
         u = hidden_states.float()
-        state.ssm.mul_(torch.exp(dtA)).add_(B_bar * u.unsqueeze(-1))
+        advanced = state.ssm * torch.exp(dtA) + B_bar * u.unsqueeze(-1)
+        state.ssm.copy_(advanced if valid is None else torch.where(valid.view(-1, 1, 1), advanced, state.ssm))
         C = torch.view_as_complex(self.C.float())[0]
         y = 2 * (C * state.ssm).sum(-1).real + self.D.float() * u
         return self._output(y, hidden_states.dtype)

@@ -22,7 +22,7 @@ import torch
 
 
 class _Rows:
-    """Shared helpers: apply a function to every tensor, or overwrite rows from another state in place."""
+    """Shared helpers: apply a function to every tensor, or overwrite every tensor from another state in place."""
 
     def map(self, fn):
         return type(self)(**{f.name: _map(getattr(self, f.name), fn) for f in fields(self)})
@@ -31,17 +31,6 @@ class _Rows:
         """In place: every tensor takes its values from `other` (a state of the same shapes)."""
         for mine, theirs in zip(self.tensors(), other.tensors()):
             mine.copy_(theirs)
-
-    def copy_where_(self, rows, other):
-        """In place: rows where `rows` (b,) is True take their values from `other` (a state of b rows)."""
-        for mine, theirs in zip(self.tensors(), other.tensors()):
-            mask = rows.view(-1, *([1] * (mine.dim() - 1)))
-            mine.copy_(torch.where(mask, theirs.to(mine.dtype), mine))
-
-    def index_copy_(self, rows, other):
-        """In place: rows `rows` (k,) take their values from `other` (a state of k rows)."""
-        for mine, theirs in zip(self.tensors(), other.tensors()):
-            mine.index_copy_(0, rows, theirs.to(mine.dtype))
 
     def tensors(self):
         for f in fields(self):
