@@ -38,7 +38,7 @@ setup(
     package_data={"serpent_hf": ["metrics/*/*.py"], "serpent_hf.model_cards": ["*.md"],
                   "serpent_hf.configs": ["*.json", "*.yaml"]},
     install_requires=[
-        "torch>=2.5",  # Module.register_state_dict_post_hook (serpent_hf.optimize_for_cpu)
+        "torch>=2.5",
         "transformers>=5.17,<6",
         "accelerate>=1.0",
         "datasets>=3.0",

@@ -82,7 +82,8 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the workers")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "before-after-cpu.json"))
     parser.add_argument("--after-optimize-for-cpu", action="store_true",
-                        help="apply serpent_hf.optimize_for_cpu (opt-in weight layout) to the 'after' model")
+                        help="apply serpent_hf.optimize_for_cpu (opt-in weight layout, removed in issue 22) to the "
+                             "'after' model, in a tree that still has it")
     parser.add_argument("--optimize-for-cpu", action="store_true", help=argparse.SUPPRESS)  # internal: worker side
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)  # internal: run as a tree's worker
     args = parser.parse_args()

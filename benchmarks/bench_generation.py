@@ -43,7 +43,7 @@ import common  # noqa: E402
 from common import ANCHOR, BASELINE, EQUAL_PARAMETER, MODELS, fmt, ratio  # noqa: E402
 
 TARGETS = {"mamba": 1.0}  # decode ms/token at most this multiple of HF Mamba's (issue 3; SeRpEnt's 1.5x is withdrawn)
-EQUAL_SIZE_TARGETS = {"serpent": 1.0, "serpent-cpu": 1.0}  # ... of the equal-parameter Mamba's (issue 15)
+EQUAL_SIZE_TARGETS = {"serpent": 1.0}  # ... of the equal-parameter Mamba's (issue 15)
 PROMPT_LENGTH = 16
 HF_REFERENCE_MS_PER_TOKEN = 2.26  # HF Mamba decode at batch 1 as measured in issue 3
 
@@ -55,7 +55,7 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=1, help="prefill batch size")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (fewer if over budget)")
-    parser.add_argument("--models", nargs="+", default=["serpent", "serpent-cpu", "mamba", "mamba-eq", "hf-mamba"],
+    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "mamba-eq", "hf-mamba"],
                         choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=120.0, help="seconds of timed rounds per (model, prefill L)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see common.setup_torch)")

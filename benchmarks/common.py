@@ -45,7 +45,6 @@ import torch  # noqa: E402
 
 MODELS = {
     "serpent": "SeRpEnt (1, 0.5, 0.25), 4L",
-    "serpent-cpu": "SeRpEnt, 4L, optimize_for_cpu",
     "mamba": "Mamba baseline (ours), 4L",
     "mamba-eq": "Mamba baseline (ours), 14L equal-param",
     "hf-mamba": "HF MambaForCausalLM, 4L (sequential scan)",
@@ -162,10 +161,6 @@ def build_model(name, seed=0):
         return MambaForCausalLM(config)
     from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 
-    if name == "serpent-cpu":  # the same model with the opt-in CPU weight layout (serpent_hf/cpu.py)
-        from serpent_hf import optimize_for_cpu
-
-        return optimize_for_cpu(build_model("serpent", seed))
     if name == "serpent":
         config = SeRpEntConfig.from_pretrained(REPO / "configs" / "small.json")
     elif name == "mamba":

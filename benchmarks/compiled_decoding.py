@@ -4,8 +4,6 @@ Models (configs/small.json size: hidden 256, 4 layers, vocab 4096):
     serpent            SeRpEnt, eager (every row steps every SSM; `where` keeps the emitters' states)
     serpent-compiled   the same model's forward compiled as generate() compiles it (`get_compiled_call` with
                        CompileConfig(fullgraph=True, dynamic=None, mode="default")): the device-neutral step
-    serpent-cpu        optimize_for_cpu (serpent_hf/cpu.py), eager
-    serpent-cpu-compiled   optimize_for_cpu, then compiled the same way (what optimize_for_cpu adds on top of compile)
     hf-mamba           transformers' MambaForCausalLM of the same width and depth, eager (the anchor)
     mamba-eq           our Mamba of SeRpEnt's parameter count (configs/small-mamba.json, 14 layers), eager
 
@@ -41,9 +39,8 @@ import common  # noqa: E402
 from bench_generation import PROMPT_LENGTH, interleaved  # noqa: E402
 from common import fmt, ratio  # noqa: E402
 
-COMPILED = {"serpent-compiled": "serpent", "serpent-cpu-compiled": "serpent-cpu"}
-LABELS = {**common.MODELS, "serpent-compiled": "SeRpEnt, 4L, compiled",
-          "serpent-cpu-compiled": "SeRpEnt, 4L, optimize_for_cpu + compiled"}
+COMPILED = {"serpent-compiled": "serpent"}
+LABELS = {**common.MODELS, "serpent-compiled": "SeRpEnt, 4L, compiled"}
 GOALS = {1: 0.5, 16: 1.0}  # compiled ms/token at most this multiple of HF Mamba's, by batch (issue 22)
 
 
@@ -58,7 +55,7 @@ def parse_args():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=["serpent", "serpent-cpu", "serpent-compiled", "serpent-cpu-compiled", "hf-mamba", "mamba-eq"], choices=list(LABELS))
+    parser.add_argument("--models", nargs="+", default=["serpent", "serpent-compiled", "hf-mamba", "mamba-eq"], choices=list(LABELS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warm-inductor-cache", action="store_true",
                         help="compile with the user's inductor cache (default: an empty one, as at a first call)")

@@ -19,7 +19,6 @@ if importlib.util.find_spec(f"{__name__}.modeling") is None:
 
 from .cache import SeRpEntCache
 from .configuration_serpent import SeRpEntConfig
-from .cpu import optimize_for_cpu
 from .modeling_serpent import (
     SeRpEntCausalLMOutput,
     SeRpEntForCausalLM,
@@ -44,5 +43,4 @@ __all__ = [
     "SeRpEntModel",
     "SeRpEntModelOutput",
     "SeRpEntPreTrainedModel",
-    "optimize_for_cpu",
 ]

@@ -37,22 +37,6 @@ def test_one_token_step_traces_as_one_graph():
     assert explanation.graph_count == 1
 
 
-def test_a_step_of_a_model_optimized_for_cpu_traces_as_one_graph_under_inference_mode():
-    """optimize_for_cpu's packed Linear hands the product to the compiler while it traces (its own packing reads
-    weight.is_inference(), which dynamo cannot trace): one graph, no break, at a batch its packing would serve."""
-    from serpent_hf import optimize_for_cpu
-    from serpent_hf.cpu import PackedLinear
-
-    model = optimize_for_cpu(tiny_model(hidden_size=64))
-    assert any(isinstance(module, PackedLinear) for module in model.modules())
-    torch._dynamo.reset()
-    with torch.inference_mode():
-        cache = cache_of(model(prompt(4), use_cache=True))
-        explanation = torch._dynamo.explain(model)(input_ids=prompt(4, length=1, seed=1), past_key_values=cache,
-                                                   use_cache=True)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-
-
 @pytest.mark.slow  # seconds of tracing per batch size
 def test_new_batch_sizes_do_not_recompile_every_call():
     """dynamo's count of compiled frames over generate() calls at batch sizes 2, 3, 5, 4: once a size has
