@@ -120,7 +120,7 @@ class Branch(nn.Module):
         x = x.unsqueeze(1)
         plan = self.resampler.plan(x, None, None if logits is None else logits.unsqueeze(1), state.resampling, width=1)
         emits = plan.sample_valid[:, 0]
-        output = state.resampling.last_output  # read by no row unless it emits
+        output = state.resampling.last_output  # a placeholder: decompress reads the new output only where a row emits
         if not host_reads_are_free(x.device) or bool(emits.any()):
             output = self.mixer(self.resampler.compress(x, plan)[:, 0], valid=emits, state=state.mixer,
                                 decoding_step=True)
