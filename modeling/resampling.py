@@ -214,7 +214,8 @@ class SelectiveResampler(nn.Module):
 
         θ_Δ's logits (...,) are given (delta_source "embedding") or computed from x (..., d) ("hidden")."""
         if logits is None:
-            logits = self.selectivity(x)[0][..., 0]
+            logits, _ = self.selectivity(x)  # (..., 1): this branch's one network
+            logits = logits.squeeze(-1)
         delta = self.compression_rate + (1.0 - self.compression_rate) * torch.sigmoid(logits)
         quantised = (torch.round(delta / CLOCK_QUANTUM) * CLOCK_QUANTUM).clamp(min=self.min_delta, max=1.0)
         delta = delta + (quantised - delta).detach() if delta.requires_grad else quantised

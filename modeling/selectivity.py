@@ -50,7 +50,7 @@ class SelectivityNetwork(nn.Module):
 
     def __init__(self, hidden_size, num_networks=1, window=1, embedding_std=None, bias_init=-3.0):
         super().__init__()
-        if hidden_size * window > EXACT_TERMS:
+        if embedding_std is not None and hidden_size * window > EXACT_TERMS:
             raise ValueError(
                 f"delta_source='embedding' sums hidden_size × delta_window = {hidden_size * window} products per "
                 f"logit; exact float64 arithmetic allows at most {EXACT_TERMS}"
@@ -78,12 +78,13 @@ class SelectivityNetwork(nn.Module):
     def scores(self, embeddings, valid=None):
         """embeddings (..., d) -> s (..., P) float64, exact with an input scale (module docstring); 0 where valid
         is False."""
-        if self.input_scale is None:
-            return F.linear(embeddings.double(), self.weight.double())
-        u = fixed_point(embeddings.double() * self.input_scale, INPUT_QUANTUM, INPUT_BOUND)
+        u, weight = embeddings.double(), self.weight.double()
+        if self.input_scale is not None:  # both on their fixed-point grids: every product exact
+            u = fixed_point(u * self.input_scale, INPUT_QUANTUM, INPUT_BOUND)
+            weight = fixed_point(weight, WEIGHT_QUANTUM, WEIGHT_BOUND)
         if valid is not None:
             u = u * valid.unsqueeze(-1)
-        return F.linear(u, fixed_point(self.weight.double(), WEIGHT_QUANTUM, WEIGHT_BOUND))
+        return F.linear(u, weight)
 
     def forward(self, embeddings, valid=None, state=None, decoding_step=False):
         """embeddings (b, l, d), valid (b, l) or None, state from the previous chunk or None

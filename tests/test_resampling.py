@@ -80,3 +80,17 @@ def test_gradients_reach_every_selectivity_network(delta_source):
     for network in selectivity_networks(model.model):
         gradient = network.weight.grad  # one row per network (layer and branch) in embedding mode
         assert gradient is not None and bool((gradient.abs().sum(-1) > 0).all())
+
+
+@pytest.mark.parametrize("embedding_std", [None, 0.02])
+def test_selectivity_scores_are_zero_on_padding_in_both_modes(embedding_std):
+    """θ_Δ's score of a padded element is 0 whether it reads hidden states (plain float64) or embeddings (exact)."""
+    from serpent_hf.modeling import SelectivityNetwork
+
+    network = SelectivityNetwork(16, num_networks=3, embedding_std=embedding_std)
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True, True, False, True, False], [False, True, True, True, True]])
+    scores = network.scores(x, valid)
+    assert scores.shape == (2, 5, 3)
+    assert (scores[~valid] == 0).all() and (scores[valid] != 0).all()
+    torch.testing.assert_close(scores[valid], network.scores(x)[valid], rtol=0, atol=0)
