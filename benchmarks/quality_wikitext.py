@@ -74,6 +74,9 @@ ARMS = {
     "study-serpent-slow-hidden": {"config": {**EMBEDDING_IDENTITY, "delta_source": "hidden"}},
     "study-serpent-slow-random": {"config": {**EMBEDDING_IDENTITY, "projection_init": "random"}},
     "study-serpent-slow-window4": {"config": {**EMBEDDING_IDENTITY, "delta_window": 4}},
+    # Issue 24's rate arm: the fix plus the rate term (modeling/rate_loss.py), which asks each compressed branch to
+    # keep its nominal rate κ instead of drifting toward keeping every element.
+    "study-serpent-slow-rate": {"config": {**EMBEDDING_IDENTITY, "rate_loss_coef": 1.0}},
     "study-serpent-slow-selectivity-lr10": {"config": EMBEDDING_IDENTITY, "options": ["--selectivity_lr_multiplier", "10"]},
     "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
     # The compression operator: a linear map across channels (one d x d matrix per basis function) against the

@@ -44,6 +44,9 @@ IGNORE = -100
 MODELS = {
     "serpent": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
                 "delta_source": "embedding", "projection_init": "identity"},
+    # SeRpEnt with the rate term (modeling/rate_loss.py): filler must earn its samples (coefficient: --rate_loss_coef).
+    "serpent-rate": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
+                     "delta_source": "embedding", "projection_init": "identity", "rate_loss_coef": 1.0},
     "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
     "mamba-2L": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0]},
 }
@@ -62,10 +65,13 @@ def make_examples(count, length, content, vocabulary, generator):
     return ids, labels, positions
 
 
-def build_model(name, vocabulary, seed):
+def build_model(name, vocabulary, seed, rate_loss_coef=None):
     set_seed(seed)
+    shape = dict(MODELS[name])
+    if rate_loss_coef is not None and "rate_loss_coef" in shape:
+        shape["rate_loss_coef"] = rate_loss_coef
     config = SeRpEntConfig(vocab_size=FIRST_CONTENT + vocabulary, pad_token_id=FILLER, bos_token_id=MARKER,
-                           eos_token_id=MARKER, **MODELS[name])
+                           eos_token_id=MARKER, **shape)
     return SeRpEntForCausalLM(config)
 
 
@@ -90,7 +96,7 @@ def train_one(args, name, length, seed, directory):
     test_generator = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, the same for both models
     test_ids, test_labels, test_positions = make_examples(args.test_examples, length, args.content, args.vocabulary,
                                                           test_generator)
-    model = build_model(name, args.vocabulary, seed)
+    model = build_model(name, args.vocabulary, seed, args.rate_loss_coef)
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
     training_args = TrainingArguments(
         output_dir=str(directory), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
@@ -183,12 +189,14 @@ def parse():
     parser.add_argument("--output_dir", default="runs/sparse-copying")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["serpent", "mamba", "mamba-2L"], choices=list(MODELS))
     parser.add_argument("--content", type=int, default=1, help="content tokens per example")
     parser.add_argument("--vocabulary", type=int, default=8, help="distinct content tokens")
     parser.add_argument("--max_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--rate_loss_coef", type=float, default=None,
+                        help="the rate term's weight in serpent-rate (default: MODELS' 1.0)")
     parser.add_argument("--test_examples", type=int, default=256)
     parser.add_argument("--summarise_only", action="store_true")
     return parser.parse_args()

@@ -7,6 +7,7 @@ Read in this order, which is the order of DESIGN.md:
     s4d.py           the S4D layer (Vandermonde kernel, FFT convolution, one-step recurrence)
     selectivity.py   θ_Δ: per branch from its input, or of every branch from the token embeddings (exact)
     resampling.py    Δ clock, causal/bidirectional compression and decompression
+    rate_loss.py     the optional training term that asks a compressed branch to keep its rate κ
     branch.py        resample -> SSM -> decompress at one compression rate
     block.py         RMSNorm, branches, concat projection, residual
     state.py         recurrent state for generation
@@ -22,6 +23,7 @@ from .resampling import (
     ResamplingPlan,
     SelectiveResampler,
 )
+from .rate_loss import rate_loss
 from .s4d import S4DMixer
 from .selectivity import SelectivityNetwork
 from .state import BranchState, MixerState, ResamplingState, S4DState
@@ -47,4 +49,5 @@ __all__ = [
     "SelectiveResampler",
     "SelectivityNetwork",
     "host_reads_are_free",
+    "rate_loss",
 ]

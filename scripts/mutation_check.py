@@ -37,6 +37,7 @@ TESTS = [
     "tests/test_causality.py",
     "tests/test_kernels.py",
     "tests/test_compiled_decoding.py",
+    "tests/test_rate_loss.py",
 ]
 IGNORED = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "outputs", "__pycache__", ".hypothesis",
                                  ".pytest_cache", "*.egg-info", "build", "dist")
@@ -148,6 +149,14 @@ MUTANTS = [
            'return device.type == "cpu" and not torch.compiler.is_compiling()',
            'return device.type == "cpu"',
            "a decoding step reads token ids and emissions on the host while torch.compile traces it"),
+    Mutant("rate_counts_padding", "modeling/rate_loss.py",
+           "elements = deltas.shape[1] * deltas.shape[3] if valid is None else valid.sum()",
+           "elements = deltas.shape[1] * deltas.shape[3]",
+           "the rate term averages Δ over padding too, so padded batches look compressed"),
+    Mutant("rate_term_detached", "modeling/rate_loss.py",
+           "speed = deltas.index_select(2, index).sum(dim=(1, 3)) / elements",
+           "speed = deltas.detach().index_select(2, index).sum(dim=(1, 3)) / elements",
+           "the rate term is reported but teaches θ_Δ nothing"),
 ]
 
 

@@ -46,6 +46,9 @@ class SeRpEntConfig(PretrainedConfig):
             exactly the Mamba block it contains and the compressed branches grow in from there (without a κ = 1
             branch, every share is I / branches); "random": normal(0, initializer_range), as any Linear (the
             initialisation before the quality study, benchmarks/README.md).
+        rate_loss_coef: weight of the rate term in the causal LM's training loss (0 = none, the design's loss): the mean
+            over layers and compressed branches of (M/L - κ) / (1 - κ), the clock's speed beyond the branch's nominal
+            rate (modeling/rate_loss.py). Without it nothing asks a branch to compress.
         compression_operator: how a compressed sample combines its K neighbours. "gate" (default): a(δ) ⊙ x_n, a
             per-channel weight from the Gaussian basis; "linear": A(δ) x_n with A(δ) = Σ_g φ_g(δ) W_g + diag(b), one
             d × d matrix per basis function (G·d² more parameters per compressed branch; the quality study's
@@ -84,6 +87,7 @@ class SeRpEntConfig(PretrainedConfig):
     delta_window: int = 1
     delta_bias_init: float = -3.0
     projection_init: str = "identity"
+    rate_loss_coef: float = 0.0
     compression_operator: str = "gate"
     ssm_type: str = "mamba"
     bidirectional: bool = False
@@ -179,6 +183,13 @@ class SeRpEntConfig(PretrainedConfig):
             raise ValueError(
                 f"SeRpEntConfig.delta_window = {self.delta_window} needs delta_source 'embedding' (a window of token "
                 "embeddings); with 'hidden' θ_Δ reads one element"
+            )
+        if not self.rate_loss_coef >= 0.0:
+            raise ValueError(f"SeRpEntConfig.rate_loss_coef must be >= 0, got {self.rate_loss_coef}")
+        if self.rate_loss_coef > 0.0 and not any(rate < 1.0 for rate in rates):
+            raise ValueError(
+                f"SeRpEntConfig.rate_loss_coef = {self.rate_loss_coef} needs a compressed branch (a rate κ < 1 in "
+                f"compression_rates, got {rates}): the rate term charges compressed branches only"
             )
         if self.projection_init not in ("identity", "random"):
             raise ValueError(

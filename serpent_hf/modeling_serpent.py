@@ -34,6 +34,7 @@ from .modeling import (
     SeRpEntBlock,
     SelectivityNetwork,
     host_reads_are_free,
+    rate_loss,
 )
 
 
@@ -59,10 +60,12 @@ class SeRpEntModelOutput(ModelOutput):
 @cache_field_named_for_this_release
 @dataclass
 class SeRpEntCausalLMOutput(ModelOutput):
-    """loss: shifted next-token cross-entropy (when labels); logits: (batch, length, vocab); the rest as
-    SeRpEntModelOutput."""
+    """loss: shifted next-token cross-entropy (when labels), plus config.rate_loss_coef · rate_loss; rate_loss: the
+    rate term (when labels and rate_loss_coef > 0; modeling/rate_loss.py); logits: (batch, length, vocab); the rest
+    as SeRpEntModelOutput."""
 
     loss: torch.FloatTensor | None = None
+    rate_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: SeRpEntCache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -459,6 +462,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
             if a 1D tensor, the positions to keep.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        charges_rate = labels is not None and self.config.rate_loss_coef > 0
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -467,23 +471,28 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,  # the base model takes the cache under either name
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            output_deltas=output_deltas,
+            output_deltas=output_deltas or charges_rate,
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         hidden_states = hidden_states[:, keep]
         logits = self.lm_head(hidden_states).float()
-        loss = None
+        loss = rate = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if charges_rate:
+            valid = None if attention_mask is None else attention_mask.bool()
+            rate = rate_loss(outputs.deltas, self.config.compressed_branches, valid)
+            loss = loss + self.config.rate_loss_coef * rate
         output = SeRpEntCausalLMOutput(
             loss=loss,
+            rate_loss=rate,
             logits=logits,
             **{CACHE_NAME: outputs.get(CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             compressed_lengths=outputs.compressed_lengths,
-            deltas=outputs.deltas,
+            deltas=outputs.deltas if output_deltas else None,
         )
         return output if return_dict else output.to_tuple()
 

@@ -2,8 +2,9 @@
 
 * It logs, at every logging step, what each compressed branch did over the steps since the last
   log, per layer and branch: M/L (compressed samples per real token) and the spread of Δ (mean,
-  5th and 95th percentile over the real tokens). At init Δ sits near its initial value for every
-  token (close to fixed-stride pooling); these numbers show whether θ_Δ learns to tell tokens apart.
+  5th and 95th percentile over the real tokens), and the rate term when the config charges one.
+  At init Δ sits near its initial value for every token (close to fixed-stride pooling); these
+  numbers show whether θ_Δ learns to tell tokens apart.
 * Learning-rate multipliers for two groups of parameters, keeping the Trainer's weight-decay
   grouping and schedule: `compressed_branch_lr_multiplier` for the branches with κ < 1 (their SSM
   and resampling weights) and `selectivity_lr_multiplier` for θ_Δ; the model names both groups
@@ -69,6 +70,8 @@ class SeRpEntTrainer(Trainer):
                 outputs.deltas, outputs.compressed_lengths, unwrapped.config.compressed_branches,
                 None if mask is None else mask.bool(),
             )
+            if getattr(outputs, "rate_loss", None) is not None:
+                statistics["resampling/rate_loss"] = float(outputs.rate_loss)
         for key, value in statistics.items():
             self._statistics_sums[key] += value
         self._statistics_steps += 1

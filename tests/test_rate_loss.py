@@ -1,0 +1,99 @@
+"""The rate term (config.rate_loss_coef, modeling/rate_loss.py): what it charges, where it is added, what it teaches."""
+
+import pytest
+import torch
+from transformers import TrainingArguments, default_data_collator
+
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
+from serpent_hf.modeling import SelectivityNetwork, rate_loss
+from serpent_hf.training.trainer import SeRpEntTrainer
+
+from .conftest import tiny_config
+
+
+def model_with(delta_source, bias, coef=1.0):
+    """A tiny model whose every θ_Δ network (the embedding one, or each branch's in hidden mode) gives the logit
+    `bias` to every element."""
+    torch.manual_seed(0)
+    model = SeRpEntForCausalLM(tiny_config(delta_source=delta_source, rate_loss_coef=coef))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, SelectivityNetwork):
+                module.weight.zero_()
+                module.bias.fill_(bias)
+    return model
+
+
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+def test_rate_term_is_zero_at_the_nominal_rate_and_one_when_every_element_is_kept(delta_source):
+    ids = torch.randint(3, 97, (2, 50))
+    at_rate = model_with(delta_source, bias=-40.0)  # sigmoid -> 0: Δ = κ, the branch compresses all it may
+    keeps_all = model_with(delta_source, bias=40.0)  # sigmoid -> 1: Δ = 1, one sample per element
+    assert abs(float(at_rate(input_ids=ids, labels=ids).rate_loss.detach())) < 1e-4
+    assert float(keeps_all(input_ids=ids, labels=ids).rate_loss.detach()) == pytest.approx(1.0, abs=1e-4)
+    # In between, the term is each branch's (M/L - κ) / (1 - κ), averaged: with θ_Δ's logit 0, Δ = (1 + κ) / 2
+    # for every element of every branch, so the term is 1/2 whatever the rates.
+    halfway = model_with(delta_source, bias=0.0)
+    assert float(halfway(input_ids=ids, labels=ids).rate_loss.detach()) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_rate_term_counts_real_elements_only():
+    """Left padding (mask 0) moves no clock and must not dilute the average: the term of a padded row equals the
+    row's own."""
+    model = model_with("embedding", bias=0.5)
+    with torch.no_grad():
+        model.model.selectivity.weight.normal_(0, 3.0)  # Δ differs from token to token
+    ids = torch.randint(3, 97, (1, 40))
+    alone = model(input_ids=ids, labels=ids).rate_loss
+    padded_ids = torch.cat([torch.zeros(1, 24, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 24, dtype=torch.long), torch.ones(1, 40, dtype=torch.long)], dim=1)
+    padded = model(input_ids=padded_ids, attention_mask=mask, labels=padded_ids.masked_fill(mask == 0, -100)).rate_loss
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_cross_entropy_plus_coefficient_times_rate_term_and_outputs_stay_as_asked():
+    model = model_with("embedding", bias=0.7, coef=0.25)
+    ids = torch.randint(3, 97, (2, 30))
+    charged = model(input_ids=ids, labels=ids)
+    model.config.rate_loss_coef = 0.0
+    plain = model(input_ids=ids, labels=ids)
+    assert plain.rate_loss is None
+    torch.testing.assert_close(charged.loss, plain.loss + 0.25 * charged.rate_loss)
+    assert charged.deltas is None  # computed for the term, returned only when output_deltas asks
+    model.config.rate_loss_coef = 0.25
+    assert model(input_ids=ids).rate_loss is None  # no labels: inference charges nothing
+
+
+def test_rate_term_teaches_the_branches_to_compress_with_the_trainer(tmp_path):
+    """From θ_Δ's bias at +2 (every branch keeps most elements), the Trainer with the rate term brings the branches
+    to their nominal rates; without it nothing asks for compression and they keep most elements. It logs the term."""
+    ids = torch.randint(3, 97, (64, 48))
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+
+    def train(coef):
+        model = model_with("embedding", bias=2.0, coef=coef)
+        with torch.no_grad():
+            model.model.selectivity.weight.normal_(0, 0.5)
+            start = rate_loss(model(input_ids=ids, output_deltas=True).deltas, model.config.compressed_branches)
+        args = TrainingArguments(output_dir=str(tmp_path / f"coef{coef}"), max_steps=30, per_device_train_batch_size=8,
+                                 learning_rate=3e-2, logging_steps=10, save_strategy="no", report_to="none",
+                                 use_cpu=True, disable_tqdm=True)
+        trainer = SeRpEntTrainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+        trainer.train()
+        with torch.no_grad():
+            end = rate_loss(model(input_ids=ids, output_deltas=True).deltas, model.config.compressed_branches)
+        return float(start), float(end), [entry for entry in trainer.state.log_history if "loss" in entry]
+
+    (charged_start, charged_end, charged_logs), (free_start, free_end, free_logs) = train(1.0), train(0.0)
+    assert charged_start == free_start > 0.5  # the same model: its branches keep most of the elements
+    assert charged_end < 0.05  # near the nominal rates
+    assert free_end > 0.4
+    assert "resampling/rate_loss" in charged_logs[-1] and "resampling/rate_loss" not in free_logs[-1]
+    assert charged_logs[-1]["resampling/rate_loss"] < charged_logs[0]["resampling/rate_loss"]
+
+
+def test_rate_coefficient_is_validated():
+    with pytest.raises(Exception, match="rate_loss_coef must be >= 0"):
+        SeRpEntConfig(rate_loss_coef=-0.5)
+    with pytest.raises(Exception, match="rate_loss_coef = 0.1 needs a compressed branch"):
+        SeRpEntConfig(compression_rates=[1.0], rate_loss_coef=0.1)
