@@ -47,8 +47,11 @@ class SeRpEntConfig(PretrainedConfig):
             branch, every share is I / branches); "random": normal(0, initializer_range), as any Linear (the
             initialisation before the quality study, benchmarks/README.md).
         rate_loss_coef: weight of the rate term in the causal LM's training loss (0 = none, the design's loss): the mean
-            over layers and compressed branches of (M/L - κ) / (1 - κ), the clock's speed beyond the branch's nominal
-            rate (modeling/rate_loss.py). Without it nothing asks a branch to compress.
+            over layers and compressed branches of the clock's speed beyond the branch's budget (modeling/rate_loss.py).
+            Without it nothing asks a branch to compress.
+        rate_loss_budget: the share of a branch's free range (1 - κ) that the rate term leaves uncharged: a branch
+            whose M/L stays below κ + budget · (1 - κ) pays nothing. It must be above 0 for θ_Δ to stay selective:
+            κ is Δ's floor, so charging every Δ above it drives all of them to the floor (fixed-stride pooling).
         compression_operator: how a compressed sample combines its K neighbours. "gate" (default): a(δ) ⊙ x_n, a
             per-channel weight from the Gaussian basis; "linear": A(δ) x_n with A(δ) = Σ_g φ_g(δ) W_g + diag(b), one
             d × d matrix per basis function (G·d² more parameters per compressed branch; the quality study's
@@ -88,6 +91,7 @@ class SeRpEntConfig(PretrainedConfig):
     delta_bias_init: float = -3.0
     projection_init: str = "identity"
     rate_loss_coef: float = 0.0
+    rate_loss_budget: float = 0.1
     compression_operator: str = "gate"
     ssm_type: str = "mamba"
     bidirectional: bool = False
@@ -186,6 +190,8 @@ class SeRpEntConfig(PretrainedConfig):
             )
         if not self.rate_loss_coef >= 0.0:
             raise ValueError(f"SeRpEntConfig.rate_loss_coef must be >= 0, got {self.rate_loss_coef}")
+        if not 0.0 <= self.rate_loss_budget < 1.0:
+            raise ValueError(f"SeRpEntConfig.rate_loss_budget must be in [0, 1), got {self.rate_loss_budget}")
         if self.rate_loss_coef > 0.0 and not any(rate < 1.0 for rate in rates):
             raise ValueError(
                 f"SeRpEntConfig.rate_loss_coef = {self.rate_loss_coef} needs a compressed branch (a rate κ < 1 in "

@@ -483,7 +483,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         if charges_rate:
             valid = None if attention_mask is None else attention_mask.bool()
-            rate = rate_loss(outputs.deltas, self.config.compressed_branches, valid)
+            rate = rate_loss(outputs.deltas, self.config.compressed_branches, valid, self.config.rate_loss_budget)
             loss = loss + self.config.rate_loss_coef * rate
         output = SeRpEntCausalLMOutput(
             loss=loss,

@@ -31,10 +31,32 @@ def test_rate_term_is_zero_at_the_nominal_rate_and_one_when_every_element_is_kep
     keeps_all = model_with(delta_source, bias=40.0)  # sigmoid -> 1: Δ = 1, one sample per element
     assert abs(float(at_rate(input_ids=ids, labels=ids).rate_loss.detach())) < 1e-4
     assert float(keeps_all(input_ids=ids, labels=ids).rate_loss.detach()) == pytest.approx(1.0, abs=1e-4)
-    # In between, the term is each branch's (M/L - κ) / (1 - κ), averaged: with θ_Δ's logit 0, Δ = (1 + κ) / 2
-    # for every element of every branch, so the term is 1/2 whatever the rates.
+    # In between, the term is each branch's excess (M/L - κ) / (1 - κ) beyond the budget b, rescaled by 1 / (1 - b)
+    # and averaged: with θ_Δ's logit 0, Δ = (1 + κ) / 2 for every element of every branch, so the excess is 1/2
+    # whatever the rates.
     halfway = model_with(delta_source, bias=0.0)
-    assert float(halfway(input_ids=ids, labels=ids).rate_loss.detach()) == pytest.approx(0.5, abs=1e-4)
+    budget = halfway.config.rate_loss_budget
+    assert budget > 0
+    expected = (0.5 - budget) / (1 - budget)
+    assert float(halfway(input_ids=ids, labels=ids).rate_loss.detach()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_branch_within_its_budget_pays_nothing_and_is_pushed_nowhere():
+    """κ is Δ's floor: a term that charged every Δ above it would drive all of them there. Below the budget the
+    term is 0 and gives θ_Δ no gradient; the same model with budget 0 is charged and pushed."""
+    ids = torch.randint(3, 97, (2, 50))
+    model = model_with("embedding", bias=-3.0)  # sigmoid(-3) = 0.047: an excess of 0.047 < the budget of 0.1
+    assert model.config.rate_loss_budget == pytest.approx(0.1)
+    within = model(input_ids=ids, labels=ids)
+    assert float(within.rate_loss.detach()) == 0.0
+    (gradient,) = torch.autograd.grad(within.rate_loss, model.model.selectivity.bias, allow_unused=True,
+                                      materialize_grads=True)
+    assert float(gradient.abs().max()) == 0.0
+    model.config.rate_loss_budget = 0.0
+    charged = model(input_ids=ids, labels=ids).rate_loss
+    assert float(charged.detach()) == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item(), rel=1e-3)
+    (gradient,) = torch.autograd.grad(charged, model.model.selectivity.bias)
+    assert float(gradient.abs().max()) > 0
 
 
 def test_rate_term_counts_real_elements_only():
@@ -66,7 +88,7 @@ def test_loss_is_cross_entropy_plus_coefficient_times_rate_term_and_outputs_stay
 
 def test_rate_term_teaches_the_branches_to_compress_with_the_trainer(tmp_path):
     """From θ_Δ's bias at +2 (every branch keeps most elements), the Trainer with the rate term brings the branches
-    to their nominal rates; without it nothing asks for compression and they keep most elements. It logs the term."""
+    down to their budgets; without it nothing asks for compression and they keep most elements. It logs the term."""
     ids = torch.randint(3, 97, (64, 48))
     dataset = [{"input_ids": row, "labels": row} for row in ids]
 
@@ -74,7 +96,7 @@ def test_rate_term_teaches_the_branches_to_compress_with_the_trainer(tmp_path):
         model = model_with("embedding", bias=2.0, coef=coef)
         with torch.no_grad():
             model.model.selectivity.weight.normal_(0, 0.5)
-            start = rate_loss(model(input_ids=ids, output_deltas=True).deltas, model.config.compressed_branches)
+            start = rate_loss(model(input_ids=ids, output_deltas=True).deltas, model.config.compressed_branches)  # excess
         args = TrainingArguments(output_dir=str(tmp_path / f"coef{coef}"), max_steps=30, per_device_train_batch_size=8,
                                  learning_rate=3e-2, logging_steps=10, save_strategy="no", report_to="none",
                                  use_cpu=True, disable_tqdm=True)
@@ -86,7 +108,7 @@ def test_rate_term_teaches_the_branches_to_compress_with_the_trainer(tmp_path):
 
     (charged_start, charged_end, charged_logs), (free_start, free_end, free_logs) = train(1.0), train(0.0)
     assert charged_start == free_start > 0.5  # the same model: its branches keep most of the elements
-    assert charged_end < 0.05  # near the nominal rates
+    assert charged_end < 0.1 + 0.05  # near the budget: the excess the term leaves uncharged
     assert free_end > 0.4
     assert "resampling/rate_loss" in charged_logs[-1] and "resampling/rate_loss" not in free_logs[-1]
     assert charged_logs[-1]["resampling/rate_loss"] < charged_logs[0]["resampling/rate_loss"]
@@ -97,3 +119,5 @@ def test_rate_coefficient_is_validated():
         SeRpEntConfig(rate_loss_coef=-0.5)
     with pytest.raises(Exception, match="rate_loss_coef = 0.1 needs a compressed branch"):
         SeRpEntConfig(compression_rates=[1.0], rate_loss_coef=0.1)
+    with pytest.raises(Exception, match=r"rate_loss_budget must be in \[0, 1\)"):
+        SeRpEntConfig(rate_loss_budget=1.0)
