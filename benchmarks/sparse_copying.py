@@ -15,7 +15,8 @@ included) on examples generated from the seed; every length and seed is a separa
     python benchmarks/sparse_copying.py --summarise_only        # JSON and plots of finished runs
 
 Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
-over seeds; Δ of every compressed branch on one example, content positions marked; M/L per branch).
+over seeds; for each SeRpEnt arm, Δ of every compressed branch on one example, content positions marked;
+M/L per branch).
 A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes.
 """
 
@@ -44,7 +45,8 @@ IGNORE = -100
 MODELS = {
     "serpent": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
                 "delta_source": "embedding", "projection_init": "identity"},
-    # SeRpEnt with the rate term (modeling/rate_loss.py): filler must earn its samples (coefficient: --rate_loss_coef).
+    # SeRpEnt with the rate term (modeling/rate_loss.py, budget 0.1 of the free range): filler must earn its samples
+    # (coefficient: --rate_loss_coef).
     "serpent-rate": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
                      "delta_source": "embedding", "projection_init": "identity", "rate_loss_coef": 1.0},
     "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
@@ -156,7 +158,13 @@ def summarise(results):
 
 
 def plot(summary, results, path):
-    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
+    """Accuracy against length (left) and, for every model with compressed branches, Δ on one example: its longest
+    length, lowest seed (one panel each, so that the arms' Δ compare)."""
+    examples = {}
+    for result in sorted((r for r in results if "example" in r), key=lambda r: (-r["length"], r["seed"])):
+        examples.setdefault(result["model"], result)
+    figure, axes = plt.subplots(1, 1 + len(examples), figsize=(7 * (1 + len(examples)), 4.5), squeeze=False)
+    left = axes[0, 0]
     for index, (name, by_length) in enumerate(summary.items()):
         lengths = sorted(by_length)
         left.errorbar(lengths, [by_length[n]["copy_accuracy"]["mean"] for n in lengths],
@@ -165,19 +173,17 @@ def plot(summary, results, path):
     left.axhline(0.9, color="grey", linestyle=":", linewidth=1)
     left.set(xscale="log", xlabel="filler length", ylabel="copied tokens right (held-out)", ylim=(0, 1.02),
              title="Selective copying: accuracy against length (mean ± sd over seeds)")
-    examples = [r for r in results if "example" in r]
-    if examples:
-        example = max(examples, key=lambda r: (r["length"], -r["seed"]))
+    left.legend(fontsize=8)
+    for right, (name, example) in zip(axes[0, 1:], examples.items()):
         for index, (key, values) in enumerate(example["example"]["deltas"].items()):
             right.plot(values, linewidth=0.8, color=f"C{index + 2}", label=f"Δ {key.replace('_', ', ')}")
         for position in example["example"]["content_positions"]:
             right.axvline(position, color="black", alpha=0.4, linewidth=0.8)
         right.axvline(example["length"], color="black", linestyle="--", linewidth=1, label="marker")
         right.set(yscale="log", xlabel="position (black lines: content tokens)", ylabel="Δ",
-                  title=f"SeRpEnt's Δ on one example, length {example['length']}, seed {example['seed']}")
+                  title=f"{name}: Δ on one example, length {example['length']}, seed {example['seed']}")
         right.legend(fontsize=7)
-    left.legend(fontsize=8)
-    for axis in (left, right):
+    for axis in axes[0]:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -76,6 +76,9 @@ class SeRpEntConfig(PretrainedConfig):
     """
 
     model_type = "serpent"
+    # Outputs that are not predictions: a Trainer's evaluation loop gathers only the logits (it reads this list when
+    # not given ignore_keys).
+    keys_to_ignore_at_inference = ["cache", "hidden_states", "compressed_lengths", "deltas", "rate_loss"]
 
     vocab_size: int = 50280
     hidden_size: int = 768

@@ -60,13 +60,14 @@ class SeRpEntModelOutput(ModelOutput):
 @cache_field_named_for_this_release
 @dataclass
 class SeRpEntCausalLMOutput(ModelOutput):
-    """loss: shifted next-token cross-entropy (when labels), plus config.rate_loss_coef · rate_loss; rate_loss: the
-    rate term (when labels and rate_loss_coef > 0; modeling/rate_loss.py); logits: (batch, length, vocab); the rest
-    as SeRpEntModelOutput."""
+    """loss: shifted next-token cross-entropy (when labels), plus config.rate_loss_coef · rate_loss; logits: (batch,
+    length, vocab); rate_loss: the rate term (when labels and rate_loss_coef > 0; modeling/rate_loss.py), after the
+    logits so that, as in every transformers causal LM, a tuple output holds the loss and then the logits; the rest as
+    SeRpEntModelOutput."""
 
     loss: torch.FloatTensor | None = None
-    rate_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    rate_loss: torch.FloatTensor | None = None
     cache: SeRpEntCache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     compressed_lengths: torch.LongTensor | None = None

@@ -121,3 +121,30 @@ def test_rate_coefficient_is_validated():
         SeRpEntConfig(compression_rates=[1.0], rate_loss_coef=0.1)
     with pytest.raises(Exception, match=r"rate_loss_budget must be in \[0, 1\)"):
         SeRpEntConfig(rate_loss_budget=1.0)
+
+
+def test_evaluation_with_the_rate_term_scores_the_logits(tmp_path):
+    """With the rate term on, a plain transformers Trainer (no ignore_keys: it reads the config's) and the package's
+    own evaluation both rank the logits, not the scalar rate term; a tuple output holds the loss and then the logits,
+    as every transformers causal LM's does."""
+    from transformers import Trainer
+
+    from serpent_hf.training.evaluation import IGNORE_KEYS, TOP_K, preprocess_logits_for_metrics
+
+    model = model_with("embedding", bias=0.0).eval()
+    ids = torch.randint(3, 97, (4, 24))
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids)
+        as_tuple = model(input_ids=ids, labels=ids, return_dict=False)
+    assert float(expected.rate_loss) > 0
+    torch.testing.assert_close(as_tuple[1], expected.logits)
+    ranked = expected.logits[:, :-1].topk(TOP_K, dim=-1).indices
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True,
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
+                      preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+    for ignore_keys in (None, IGNORE_KEYS):
+        prediction = trainer.predict(dataset, ignore_keys=ignore_keys)
+        assert torch.equal(torch.as_tensor(prediction.predictions), ranked)
+        assert prediction.metrics["test_loss"] == pytest.approx(float(expected.loss), rel=1e-5)

@@ -16,7 +16,8 @@ from ..metrics import TOP_K_ACCURACY
 
 TOP_K = 5
 # Model outputs that are not logits: the Trainer must not gather them.
-IGNORE_KEYS = ["cache", "past_key_values", "cache_params", "hidden_states", "attentions", "deltas", "compressed_lengths"]
+IGNORE_KEYS = ["cache", "past_key_values", "cache_params", "hidden_states", "attentions", "deltas", "compressed_lengths",
+               "rate_loss"]
 
 
 def preprocess_logits_for_metrics(logits, labels):
