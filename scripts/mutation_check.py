@@ -157,6 +157,9 @@ MUTANTS = [
            "speed = deltas.index_select(2, index).sum(dim=(1, 3)) / elements",
            "speed = deltas.detach().index_select(2, index).sum(dim=(1, 3)) / elements",
            "the rate term is reported but teaches θ_Δ nothing"),
+    Mutant("rate_counted_per_micro_batch", "serpent_hf/modeling_serpent.py",
+           "rate * share_of_accumulated_batch(labels, kwargs)", "rate",
+           "with gradient accumulation the rate term is charged once per micro-batch"),
 ]
 
 

@@ -57,6 +57,19 @@ class SeRpEntModelOutput(ModelOutput):
     deltas: torch.DoubleTensor | None = None
 
 
+def share_of_accumulated_batch(labels, loss_kwargs):
+    """The share of an optimizer step's predicted tokens that these labels hold. With `num_items_in_batch` (the
+    Trainer's count over all accumulated micro-batches and processes) the cross-entropy is a sum over that count and
+    the Trainer does not divide the loss by the accumulation steps, so a per-batch mean such as the rate term must be
+    weighted by this share to count once per step; without it, 1."""
+    total = loss_kwargs.get("num_items_in_batch")
+    if total is None:
+        return 1.0
+    targets = loss_kwargs.get("shift_labels")
+    targets = labels[..., 1:] if targets is None else targets
+    return targets.ne(-100).sum() / total
+
+
 @cache_field_named_for_this_release
 @dataclass
 class SeRpEntCausalLMOutput(ModelOutput):
@@ -485,7 +498,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         if charges_rate:
             valid = None if attention_mask is None else attention_mask.bool()
             rate = rate_loss(outputs.deltas, self.config.compressed_branches, valid, self.config.rate_loss_budget)
-            loss = loss + self.config.rate_loss_coef * rate
+            loss = loss + self.config.rate_loss_coef * rate * share_of_accumulated_batch(labels, kwargs)
         output = SeRpEntCausalLMOutput(
             loss=loss,
             rate_loss=rate,

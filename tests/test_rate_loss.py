@@ -148,3 +148,27 @@ def test_evaluation_with_the_rate_term_scores_the_logits(tmp_path):
         prediction = trainer.predict(dataset, ignore_keys=ignore_keys)
         assert torch.equal(torch.as_tensor(prediction.predictions), ranked)
         assert prediction.metrics["test_loss"] == pytest.approx(float(expected.loss), rel=1e-5)
+
+
+def test_gradient_accumulation_charges_the_rate_term_once_per_optimizer_step(tmp_path):
+    """The Trainer does not divide a loss that the model normalised by `num_items_in_batch`, so each micro-batch's
+    rate term must carry its share of the accumulated batch: one SGD step on 8 rows in one pass and on the same rows
+    in two accumulated passes of 4 must leave the same weights."""
+    ids = torch.randint(3, 97, (8, 32))
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+
+    def one_step(batch_size, accumulation):
+        model = model_with("embedding", bias=2.0, coef=10.0)  # far above the budget: the term dominates θ_Δ's step
+        args = TrainingArguments(output_dir=str(tmp_path / f"ga{accumulation}"), max_steps=1, optim="sgd",
+                                 learning_rate=0.5, per_device_train_batch_size=batch_size,
+                                 gradient_accumulation_steps=accumulation, lr_scheduler_type="constant",
+                                 save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                                 dataloader_drop_last=False, seed=0, data_seed=0)
+        trainer = SeRpEntTrainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+        trainer.train()
+        return model.model.selectivity.bias.detach().clone(), model.lm_head.weight.detach().clone()
+
+    (bias_one, head_one), (bias_two, head_two) = one_step(8, 1), one_step(4, 2)
+    assert float((bias_one - 2.0).abs().max()) > 0.05  # the step moved θ_Δ
+    torch.testing.assert_close(bias_two, bias_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head_two, head_one, rtol=1e-4, atol=1e-5)
