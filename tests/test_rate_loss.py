@@ -172,3 +172,10 @@ def test_gradient_accumulation_charges_the_rate_term_once_per_optimizer_step(tmp
     assert float((bias_one - 2.0).abs().max()) > 0.05  # the step moved θ_Δ
     torch.testing.assert_close(bias_two, bias_one, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(head_two, head_one, rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_card_names_the_rate_term_when_a_run_used_it():
+    from serpent_hf.training.models import describe_architecture
+
+    assert describe_architecture(model_with("embedding", bias=0.0, coef=0.5))["rate_loss_coef"] == 0.5
+    assert "rate_loss_coef" not in describe_architecture(model_with("embedding", bias=0.0, coef=0.0))

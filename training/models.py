@@ -109,4 +109,6 @@ def describe_architecture(model):
                 "num_neighbors", "num_basis", "ssm_type"):
         if hasattr(config, key):
             facts[key] = getattr(config, key)
+    if getattr(config, "rate_loss_coef", 0.0) > 0:  # a training loss, but a reader comparing cards needs to see it
+        facts["rate_loss_coef"], facts["rate_loss_budget"] = config.rate_loss_coef, config.rate_loss_budget
     return facts
