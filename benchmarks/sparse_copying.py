@@ -15,8 +15,8 @@ included) on examples generated from the seed; every length and seed is a separa
     python benchmarks/sparse_copying.py --summarise_only        # JSON and plots of finished runs
 
 Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
-over seeds, and how many seeds copy at least 90%; for each SeRpEnt arm, Δ of every compressed branch on one example, content positions marked;
-M/L per branch).
+over seeds, and how many seeds copy at least 90%; for each SeRpEnt arm, Δ of every compressed branch on one
+example, content positions marked; M/L per branch).
 A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes.
 """
 
@@ -173,7 +173,7 @@ def plot(summary, results, path):
         left.errorbar(lengths, [by_length[n]["copy_accuracy"]["mean"] for n in lengths],
                       yerr=[by_length[n]["copy_accuracy"]["std"] for n in lengths], fmt="o-", capsize=3,
                       color=f"C{index}", label=f"{name} ({by_length[lengths[0]]['parameters']:,} parameters)")
-    left.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    left.axhline(SOLVED, color="grey", linestyle=":", linewidth=1)
     left.set(xscale="log", xlabel="filler length", ylabel="copied tokens right (held-out)", ylim=(0, 1.02),
              title="Selective copying: accuracy against length (mean ± sd over seeds)")
     left.legend(fontsize=8)

@@ -77,8 +77,9 @@ class SeRpEntConfig(PretrainedConfig):
 
     model_type = "serpent"
     # Outputs that are not predictions: a Trainer's evaluation loop gathers only the logits (it reads this list when
-    # not given ignore_keys).
-    keys_to_ignore_at_inference = ["cache", "hidden_states", "compressed_lengths", "deltas", "rate_loss"]
+    # not given ignore_keys). The cache field is `past_key_values` before transformers 5.24 (compat.py).
+    keys_to_ignore_at_inference = ["cache", "past_key_values", "hidden_states", "compressed_lengths", "deltas",
+                                   "rate_loss"]
 
     vocab_size: int = 50280
     hidden_size: int = 768

@@ -12,12 +12,13 @@ import evaluate
 import numpy as np
 import torch
 
+from ..configuration_serpent import SeRpEntConfig
 from ..metrics import TOP_K_ACCURACY
 
 TOP_K = 5
-# Model outputs that are not logits: the Trainer must not gather them.
-IGNORE_KEYS = ["cache", "past_key_values", "cache_params", "hidden_states", "attentions", "deltas", "compressed_lengths",
-               "rate_loss"]
+# Model outputs that are not logits: the Trainer must not gather them. SeRpEnt's config names its own; the
+# Mamba anchors (transformers' MambaForCausalLM) add theirs.
+IGNORE_KEYS = [*SeRpEntConfig.keys_to_ignore_at_inference, "cache_params", "attentions"]
 
 
 def preprocess_logits_for_metrics(logits, labels):
