@@ -1,5 +1,6 @@
 """The rate term (config.rate_loss_coef, modeling/rate_loss.py): what it charges, where it is added, what it teaches."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainingArguments, default_data_collator
@@ -148,6 +149,11 @@ def test_evaluation_with_the_rate_term_scores_the_logits(tmp_path):
         prediction = trainer.predict(dataset, ignore_keys=ignore_keys)
         assert torch.equal(torch.as_tensor(prediction.predictions), ranked)
         assert prediction.metrics["test_loss"] == pytest.approx(float(expected.loss), rel=1e-5)
+    # Without a preprocessing step the predictions are the logits alone, not (logits, rate terms): the config tells
+    # the Trainer which outputs are not predictions.
+    raw = Trainer(model=model, args=args, data_collator=default_data_collator).predict(dataset).predictions
+    assert isinstance(raw, np.ndarray)
+    torch.testing.assert_close(torch.as_tensor(raw), expected.logits)
 
 
 def test_gradient_accumulation_charges_the_rate_term_once_per_optimizer_step(tmp_path):
