@@ -33,11 +33,16 @@ class ConcatProjection(nn.Linear):
 
 class BlockOutput(NamedTuple):
     """What a block returns, from a forward pass ((b, l, d)) and from a decoding step ((b, d)): the block's
-    output, every branch's BranchState (None when not asked for) and every branch's BranchStatistics."""
+    output, every branch's BranchState (None when not asked for), Δ of every branch (b, branches, l), or
+    (b, branches) for a step, and every branch's new compressed samples (b, branches).
+
+    Δ is a tensor of its own, not nested in a list: a reentrant gradient checkpoint passes gradients only through
+    the tensors a layer returns at the top level, and the rate term (rate_loss.py) backpropagates through Δ."""
 
     hidden_states: torch.Tensor
     states: list | None
-    statistics: list
+    deltas: torch.Tensor
+    compressed_lengths: torch.Tensor
 
 
 class SeRpEntBlock(nn.Module):
@@ -62,7 +67,7 @@ class SeRpEntBlock(nn.Module):
         return [None if branch.resampler is None else next(columns) for branch in self.branches]
 
     def forward(self, hidden_states, valid=None, state=None, logits=None, return_state=False, decoding_step=False):
-        """hidden_states (b, l, d) -> BlockOutput: (b, l, d), list of BranchState (or None), list of BranchStatistics.
+        """hidden_states (b, l, d) -> BlockOutput: (b, l, d), list of BranchState (or None), Δ and compressed lengths.
 
         logits (b, l, C) float64: θ_Δ's for the C compressed branches, from the token embeddings (delta_source
         "embedding"); None when each branch's θ_Δ reads the block's input ("hidden").
@@ -81,4 +86,6 @@ class SeRpEntBlock(nn.Module):
             mixed = self.projection(torch.cat([output.output for output in outputs], dim=-1))
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
         states = [output.state for output in outputs] if (return_state or decoding_step) else None
-        return BlockOutput((residual + mixed).to(mixed.dtype), states, [output.statistics for output in outputs])
+        deltas = torch.stack([output.statistics.deltas for output in outputs], dim=1)
+        lengths = torch.stack([output.statistics.compressed_lengths for output in outputs], dim=-1)
+        return BlockOutput((residual + mixed).to(mixed.dtype), states, deltas, lengths)

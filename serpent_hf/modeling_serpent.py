@@ -73,8 +73,9 @@ def share_of_accumulated_batch(labels, loss_kwargs):
 @cache_field_named_for_this_release
 @dataclass
 class SeRpEntCausalLMOutput(ModelOutput):
-    """loss: shifted next-token cross-entropy (when labels), plus config.rate_loss_coef · rate_loss; logits: (batch,
-    length, vocab); rate_loss: the rate term (when labels and rate_loss_coef > 0; modeling/rate_loss.py), after the
+    """loss: shifted next-token cross-entropy (when labels), plus config.rate_loss_coef · rate_loss in training mode;
+    logits: (batch, length, vocab); rate_loss: the rate term (when labels and rate_loss_coef > 0; modeling/rate_loss.py,
+    reported in evaluation too, where it is not added to the loss), after the
     logits so that, as in every transformers causal LM, a tuple output holds the loss and then the logits; the rest as
     SeRpEntModelOutput."""
 
@@ -244,19 +245,20 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         if self.selectivity is not None:  # every clock is planned here, from the token embeddings
             previous = None if cache is None else cache.selectivity_state
             logits, selectivity_state = self.selectivity(hidden_states, valid, previous, decoding_step)
-        inputs, states, statistics = [], [], []
+        inputs, states, deltas, lengths = [], [], [], []
         for index, (layer, layer_logits) in enumerate(zip(self.layers, self.layer_logits(logits))):
             inputs.append(hidden_states)
             previous = None if cache is None else cache.layer_states[index]
             # Tensors positional: a reentrant checkpoint passes gradients only through positional inputs (θ_Δ's logits
-            # too). The flags by keyword: hooks (accelerate's offloading) read decoding_step there.
-            hidden_states, state, stats = layer(hidden_states, valid, previous, layer_logits, return_state=keep_state,
-                                                decoding_step=decoding_step)
+            # too), and back only through the tensors it returns (Δ: BlockOutput). The flags by keyword: hooks
+            # (accelerate's offloading) read decoding_step there.
+            hidden_states, state, layer_deltas, layer_lengths = layer(
+                hidden_states, valid, previous, layer_logits, return_state=keep_state, decoding_step=decoding_step)
             states.append(state)
-            statistics.append(stats)
-        lengths = torch.stack([torch.stack([s.compressed_lengths for s in layer], dim=-1) for layer in statistics])
-        deltas = torch.stack([torch.stack([s.deltas for s in layer], dim=1) for layer in statistics])
-        return LayersOutput(self.norm_f(hidden_states), tuple(inputs), states, selectivity_state, lengths,
+            deltas.append(layer_deltas)
+            lengths.append(layer_lengths)
+        deltas = torch.stack(deltas)
+        return LayersOutput(self.norm_f(hidden_states), tuple(inputs), states, selectivity_state, torch.stack(lengths),
                             deltas.unsqueeze(-1) if decoding_step else deltas)
 
     def decoding_step(self, embeddings, cache):
@@ -496,9 +498,11 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         if charges_rate:
-            valid = None if attention_mask is None else attention_mask.bool()
+            # A mask may span the cache's tokens too, (b, past + length): Δ covers the new ones only.
+            valid = None if attention_mask is None else attention_mask[:, -outputs.deltas.shape[-1]:].bool()
             rate = rate_loss(outputs.deltas, self.config.compressed_branches, valid, self.config.rate_loss_budget)
-            loss = loss + self.config.rate_loss_coef * rate * share_of_accumulated_batch(labels, kwargs)
+            if self.training:  # a training term: evaluation's loss (and the perplexity read from it) stays the text's
+                loss = loss + self.config.rate_loss_coef * rate * share_of_accumulated_batch(labels, kwargs)
         output = SeRpEntCausalLMOutput(
             loss=loss,
             rate_loss=rate,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import TrainingArguments, default_data_collator
 
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
@@ -72,6 +73,14 @@ def test_rate_term_counts_real_elements_only():
     mask = torch.cat([torch.zeros(1, 24, dtype=torch.long), torch.ones(1, 40, dtype=torch.long)], dim=1)
     padded = model(input_ids=padded_ids, attention_mask=mask, labels=padded_ids.masked_fill(mask == 0, -100)).rate_loss
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+    # Continued from a cache, with the mask of the whole sequence (b, past + length): the term of the new chunk.
+    with torch.no_grad():
+        cache = model(input_ids=padded_ids[:, :30], attention_mask=mask[:, :30], use_cache=True).cache
+    chunk = padded_ids[:, 30:]
+    continued = model(input_ids=chunk, attention_mask=mask, cache=cache, labels=chunk).rate_loss
+    expected = rate_loss(model(input_ids=padded_ids, attention_mask=mask, output_deltas=True).deltas[..., 30:],
+                         model.config.compressed_branches, None, model.config.rate_loss_budget)
+    torch.testing.assert_close(continued, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_is_cross_entropy_plus_coefficient_times_rate_term_and_outputs_stay_as_asked():
@@ -85,6 +94,12 @@ def test_loss_is_cross_entropy_plus_coefficient_times_rate_term_and_outputs_stay
     assert charged.deltas is None  # computed for the term, returned only when output_deltas asks
     model.config.rate_loss_coef = 0.25
     assert model(input_ids=ids).rate_loss is None  # no labels: inference charges nothing
+    # Evaluation reports the term but does not add it: its loss, and the perplexity read from it, are the text's.
+    evaluated = model.eval()(input_ids=ids, labels=ids)
+    torch.testing.assert_close(evaluated.rate_loss, charged.rate_loss)
+    torch.testing.assert_close(evaluated.loss, plain.loss)
+    text_loss = F.cross_entropy(evaluated.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(evaluated.loss, text_loss)
 
 
 def test_rate_term_teaches_the_branches_to_compress_with_the_trainer(tmp_path):

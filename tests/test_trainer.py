@@ -45,11 +45,13 @@ def test_gradient_checkpointing_by_transformers_recomputes_every_layer_and_gives
 ):
     """The layers are transformers' GradientCheckpointingLayer, so gradient_checkpointing_enable/disable and their
     options act on them as on any transformers model (θ_Δ's gradient too, whose logits enter the layers as inputs
-    in embedding mode)."""
+    in embedding mode, and the rate term's, which leaves them through Δ: a reentrant checkpoint once dropped it)."""
     ids = torch.randint(3, 97, (2, 30))
-    expected, runs = gradients_and_recomputations(tiny_model(seed=4, delta_source=delta_source).train(), ids)
+    # Budget 0: every compressed branch pays the rate term, so θ_Δ's gradient holds a share from it.
+    options = dict(seed=4, delta_source=delta_source, rate_loss_coef=1.0, rate_loss_budget=0.0)
+    expected, runs = gradients_and_recomputations(tiny_model(**options).train(), ids)
     assert runs == [1, 1]
-    model = tiny_model(seed=4, delta_source=delta_source).train()
+    model = tiny_model(**options).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.model.layers)
     checkpointed = []
