@@ -115,14 +115,21 @@ class DecodingStepOutput(NamedTuple):
 GENERATION_BOOKKEEPING = ("labels", "next_sequence_length", "is_first_iteration")
 
 
-def unconsumed_ids(input_ids, consumed):
+def unconsumed_ids(input_ids, consumed, prompt_as_embeddings):
     """The ids a cache that consumed `consumed` tokens has not seen: (b, L) -> (b, L - consumed).
 
-    When the ids are not longer than what the cache consumed, the prompt was given as embeddings and the ids
-    hold only the tokens generated after it (transformers' convention): the last of them is new."""
-    if input_ids.shape[1] > consumed:
+    With a prompt given as embeddings the ids hold only the tokens generated after it (transformers' convention):
+    the last of them is new. Otherwise ids no longer than what the cache consumed leave nothing to feed: the cache
+    holds no logits, so the next token cannot be predicted, and feeding the last id again would count it twice."""
+    if input_ids.shape[1] > consumed or consumed == 0:  # (no ids at all: the forward pass names the empty input)
         return input_ids[:, consumed:].contiguous()
-    return input_ids[:, -1:].contiguous()
+    if prompt_as_embeddings:
+        return input_ids[:, -1:].contiguous()
+    raise ValueError(
+        f"the cache has consumed {consumed} tokens and input_ids holds {input_ids.shape[1]}, so no token is new and "
+        "there is nothing to predict from: give generate() the ids with at least one token the cache has not seen "
+        "(e.g. build the cache from input_ids[:, :-1])"
+    )
 
 
 class SeRpEntLayer(GradientCheckpointingLayer, SeRpEntBlock):
@@ -447,7 +454,7 @@ class SeRpEntForCausalLM(SeRpEntPreTrainedModel, GenerationMixin):
         if inputs_embeds is not None and consumed < inputs_embeds.shape[1]:
             model_inputs = {"inputs_embeds": inputs_embeds[:, consumed:], "input_ids": None}
         else:
-            model_inputs = {"input_ids": unconsumed_ids(input_ids, consumed)}
+            model_inputs = {"input_ids": unconsumed_ids(input_ids, consumed, inputs_embeds is not None)}
         fed = next(value for value in model_inputs.values() if value is not None).shape[1]
         if attention_mask is not None and not (consumed > 0 and fed == 1):
             model_inputs["attention_mask"] = attention_mask  # generated tokens are never padding

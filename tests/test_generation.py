@@ -340,6 +340,24 @@ def test_generation_continued_from_a_returned_cache_equals_one_uninterrupted_gen
         assert torch.equal(rest, whole)
 
 
+def test_generation_from_a_prefilled_cache_needs_a_token_the_cache_has_not_seen():
+    """A cache holds no logits: generate() from one that consumed every id has nothing to predict from. It once fed
+    the last id a second time (the cache then counted it twice); it must name the problem, and a cache of all but
+    the last id must continue exactly."""
+    model = tiny_model(seed=19)
+    ids = torch.randint(3, 97, (2, 9))
+    with torch.no_grad():
+        whole = model.generate(ids, max_new_tokens=4, output_logits=True, return_dict_in_generate=True, **GREEDY)
+        prefix = model(ids[:, :-1], use_cache=True)[CACHE_NAME]
+        rest = model.generate(ids, **{CACHE_NAME: prefix}, max_new_tokens=4, output_logits=True,
+                              return_dict_in_generate=True, **GREEDY)
+        assert torch.equal(rest.sequences, whole.sequences)
+        torch.testing.assert_close(torch.stack(rest.logits), torch.stack(whole.logits), rtol=0, atol=DECODING_TOLERANCE)
+        full = model(ids, use_cache=True)[CACHE_NAME]
+        with pytest.raises(ValueError, match="cache has consumed 9 tokens and input_ids holds 9"):
+            model.generate(ids, **{CACHE_NAME: full}, max_new_tokens=4, **GREEDY)
+
+
 def test_beam_search_continued_from_a_cache_needs_the_cache_expanded_and_then_equals_beam_search():
     """generate() expands the input to batch × num_beams rows but never a cache it is given (as for any
     transformers model): the error says how to expand it, and the expanded cache continues exactly."""
