@@ -115,6 +115,22 @@ class DecodingStepOutput(NamedTuple):
 GENERATION_BOOKKEEPING = ("labels", "next_sequence_length", "is_first_iteration")
 
 
+def check_no_padding_between_real_tokens(attention_mask):
+    """Padding may come before a row's first real token (left padding) or after its last (right padding), where it
+    moves no clock and no real token reads it. Between real tokens it would not be skipped: the Mamba convolution
+    and the compression's K-neighbour window would read it as input, so such a mask is refused."""
+    mask = attention_mask.bool()
+    real_before = mask.cumsum(dim=1) > 0
+    real_after = mask.flip(1).cumsum(dim=1).flip(1) > 0
+    hole = real_before & real_after & ~mask
+    if hole.any():
+        row, position = (int(i) for i in hole.nonzero()[0])
+        raise ValueError(
+            f"attention_mask has padding between real tokens (row {row}, position {position}): SeRpEnt skips padding "
+            "only before a row's first real token or after its last; remove the padding from the middle of the row"
+        )
+
+
 def unconsumed_ids(input_ids, consumed, prompt_as_embeddings):
     """The ids a cache that consumed `consumed` tokens has not seen: (b, L) -> (b, L - consumed).
 
@@ -307,6 +323,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}; expected {expected} to match the input"
                 )
+            if not decoding_step or host_reads_are_free(attention_mask.device):
+                check_no_padding_between_real_tokens(attention_mask)
             return attention_mask[:, -length:].bool() if length > 0 else None
         return None
 
@@ -335,7 +353,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
     ):
         r"""
         attention_mask: (batch, length), or (batch, past + length) with a cache; 0 marks padding, which
-            does not move the clock and is invisible to every real token.
+            does not move the clock and is invisible to every real token. Padding goes before a row's first real
+            token or after its last; a mask with padding between real tokens is refused.
         cache: a SeRpEntCache to continue from (returned by the previous call with use_cache=True);
             `past_key_values` is the same argument under its name before transformers 5.24.
         output_deltas: also return Δ of every element, per layer and branch (on a one-token step too).

@@ -8,7 +8,7 @@ import torch
 
 from serpent_hf import SeRpEntConfig
 
-from .conftest import selectivity_networks, tiny_config, tiny_model
+from .conftest import cache_of, selectivity_networks, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -57,6 +57,23 @@ def test_empty_input_is_refused(model):
 def test_attention_mask_of_the_wrong_shape_is_named(model):
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\)"):
         model(torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 4))
+
+
+def test_padding_between_real_tokens_is_refused_and_padding_at_either_end_is_not(model):
+    """Padding in the middle of a row would be read by the convolution and the compression window (it shifted the
+    logits after it by 1e-2): refused with the row and position, in one pass and over a cache's span."""
+    ids = torch.randint(3, 97, (2, 8))
+    left = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    right = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8])
+    with torch.no_grad():
+        for mask in (left, right):
+            model(ids, attention_mask=mask)
+        hole = torch.tensor([[1] * 8, [1, 1, 1, 0, 0, 1, 1, 1]])
+        with pytest.raises(ValueError, match=r"padding between real tokens \(row 1, position 3\)"):
+            model(ids, attention_mask=hole)
+        cache = cache_of(model(ids[:, :5], attention_mask=right[:, :5], use_cache=True))
+        with pytest.raises(ValueError, match=r"padding between real tokens \(row 0, position 5\)"):
+            model(ids[:, 5:], cache=cache, attention_mask=torch.cat([right[:, :5], torch.tensor([[0, 1, 1]] * 2)], 1))
 
 
 def test_input_ids_and_embeddings_together_are_refused(model):
