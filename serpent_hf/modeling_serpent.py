@@ -364,6 +364,9 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         use_cache = (use_cache if use_cache is not None else self.config.use_cache and not self.training) and not checkpointing
         cache = resolve_cache(cache, past_key_values)
+        if self.config.bidirectional and (use_cache or cache is not None):
+            raise ValueError("a bidirectional model reads later elements, so it has no recurrent cache to return or "
+                             "continue from: call it with use_cache=False and no cache")
         valid = self._validate_inputs(input_ids, inputs_embeds, attention_mask, cache)
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         length = hidden_states.shape[1]

@@ -180,6 +180,9 @@ def test_bidirectional_configs_have_no_cache_and_the_base_model_runs_by_default(
     assert model.config.use_cache is False  # a non-causal model has no state to continue from
     output = model.model(torch.randint(3, 97, (2, 12)))  # eval mode, default arguments: no cache requested
     assert cache_of(output) is None and output.last_hidden_state.shape == (2, 12, 32)
+    for ssm_type in ("s4d", "mamba"):  # asked for one anyway, either backend names why there is none
+        with pytest.raises(ValueError, match="bidirectional model reads later elements"):
+            classifier(ssm_type=ssm_type).model(torch.randint(3, 97, (2, 12)), use_cache=True)
 
 
 def test_classifier_follows_problem_type():

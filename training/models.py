@@ -97,7 +97,7 @@ def load_checkpoint(name_or_path, cache_dir=None):
 
 
 def count_parameters(model):
-    """Distinct trainable parameters (tied embedding and LM head count once)."""
+    """Distinct parameters, frozen ones included (tied embedding and LM head count once)."""
     return sum(p.numel() for p in model.parameters())
 
 
