@@ -165,9 +165,10 @@ class SeRpEntPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SeRpEntLayer"]
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
-    # The SSM's A and D, and the selectivity network θ_Δ (whose output decides the clock), stay in
-    # float32 when a checkpoint is loaded in float16 or bfloat16.
-    _keep_in_fp32_modules_strict = ["A_log", "D", "selectivity"]
+    # The SSM's A and D (S4D's Δ, A, B and C too: its kernel raises Ā to powers in the thousands, which bfloat16's 8
+    # bits cannot carry), and the selectivity network θ_Δ (whose output decides the clock), stay in float32 when a
+    # checkpoint is loaded in float16 or bfloat16.
+    _keep_in_fp32_modules_strict = ["A_log", "D", "log_dt", "log_A_real", "A_imag", "B", "C", "selectivity"]
 
     def post_init(self):
         self._keep_fp32_parameters_in_fp32()  # before the weights are initialised, so their initial values are float32

@@ -236,6 +236,23 @@ def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp
     assert torch.isfinite(low).all() and (low - full).abs().mean() < 0.1 * signal
 
 
+def test_bfloat16_checkpoint_keeps_the_s4d_kernel_in_float32(tmp_path):
+    """S4D's kernel raises Ā to powers up to the sequence length: with Δ, A, B and C in bfloat16 a 1,000-step kernel
+    was 37% off. Loaded in bfloat16, they stay float32 and the kernel is the float32 model's."""
+    from serpent_hf.modeling_serpent_classification import SeRpEntForSequenceClassification
+
+    torch.manual_seed(0)
+    config = tiny_config(ssm_type="s4d", bidirectional=True, state_size=64, compression_rates=[1.0], num_labels=3)
+    model = SeRpEntForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = SeRpEntForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mixer, reference = loaded.model.layers[0].branches[0].mixer, model.model.layers[0].branches[0].mixer
+    assert mixer.output_linear.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in (mixer.log_dt, mixer.log_A_real, mixer.A_imag, mixer.B, mixer.C, mixer.D)} == {torch.float32}
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.kernel(1000), reference.kernel(1000), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_model_built_in_half_precision_keeps_the_same_parameters_in_float32_as_a_loaded_one(tmp_path, dtype):
     """_from_config / AutoModelForCausalLM.from_config(dtype=...) keep A_log, D and θ_Δ (`selectivity`) in float32,
