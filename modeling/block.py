@@ -22,8 +22,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # Normalised in float32 (as Mamba does), then scaled in the input dtype.
-        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+        # Normalised in float32 (as Mamba does), then scaled in the weight's dtype: the residual stream may be float32
+        # (residual_in_fp32) while the layers after the norm run in float16 or bfloat16.
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(self.weight.dtype)
 
 
 class ConcatProjection(nn.Linear):
@@ -84,8 +85,10 @@ class SeRpEntBlock(nn.Module):
         mixed = outputs[0].output
         if self.projection is not None:
             mixed = self.projection(torch.cat([output.output for output in outputs], dim=-1))
+        # residual_in_fp32: the stream between blocks stays float32 in a float16 or bfloat16 model (as Mamba's does), so
+        # the sum of many blocks' small updates is not rounded to 8 bits after each one.
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
         states = [output.state for output in outputs] if (return_state or decoding_step) else None
         deltas = torch.stack([output.statistics.deltas for output in outputs], dim=1)
         lengths = torch.stack([output.statistics.compressed_lengths for output in outputs], dim=-1)
-        return BlockOutput((residual + mixed).to(mixed.dtype), states, deltas, lengths)
+        return BlockOutput(residual + mixed, states, deltas, lengths)

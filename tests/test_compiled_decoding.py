@@ -15,8 +15,9 @@ def compile_config(backend="inductor"):
 
 
 def prompt(batch, length=9, seed=0):
+    """Ids from 1 up: generate() takes every 0 (the pad_token_id `greedy` gives it) for padding."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, tiny_config().vocab_size, (batch, length), generator=generator)
+    return torch.randint(1, tiny_config().vocab_size, (batch, length), generator=generator)
 
 
 def greedy(model, ids, **kwargs):

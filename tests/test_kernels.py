@@ -236,6 +236,27 @@ def test_bfloat16_checkpoint_keeps_ssm_and_selectivity_parameters_in_float32(tmp
     assert torch.isfinite(low).all() and (low - full).abs().mean() < 0.1 * signal
 
 
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_residual_in_fp32_keeps_the_stream_between_blocks_in_float32(tmp_path, residual_in_fp32):
+    """With residual_in_fp32 a bfloat16 model carries every block's input and output in float32, as Mamba does
+    (it once rounded the sum back to bfloat16 after every block, so the flag changed nothing); the layers still run
+    in bfloat16, and the flag changes the logits."""
+    model = tiny_model(seed=6, residual_in_fp32=residual_in_fp32)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ids = torch.randint(3, 97, (2, 30))
+    with torch.no_grad():
+        output = loaded(ids, output_hidden_states=True)
+        stream = torch.float32 if residual_in_fp32 else torch.bfloat16
+        assert [h.dtype for h in output.hidden_states[1:-1]] == [stream] * (len(loaded.model.layers) - 1)
+        assert output.hidden_states[-1].dtype == torch.bfloat16  # after the final norm, for the LM head
+        loaded.config.residual_in_fp32 = not residual_in_fp32
+        for layer in loaded.model.layers:
+            layer.residual_in_fp32 = not residual_in_fp32
+        assert not torch.equal(loaded(ids).logits, output.logits)
+        assert torch.isfinite(output.logits).all()
+
+
 def test_bfloat16_checkpoint_keeps_the_s4d_kernel_in_float32(tmp_path):
     """S4D's kernel raises Ā to powers up to the sequence length: with Δ, A, B and C in bfloat16 a 1,000-step kernel
     was 37% off. Loaded in bfloat16, they stay float32 and the kernel is the float32 model's."""
