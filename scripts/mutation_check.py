@@ -38,6 +38,7 @@ TESTS = [
     "tests/test_kernels.py",
     "tests/test_compiled_decoding.py",
     "tests/test_rate_loss.py",
+    "tests/test_errors.py",
 ]
 IGNORED = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "outputs", "__pycache__", ".hypothesis",
                                  ".pytest_cache", "*.egg-info", "build", "dist")
@@ -160,6 +161,24 @@ MUTANTS = [
     Mutant("rate_counted_per_micro_batch", "serpent_hf/modeling_serpent.py",
            "rate * share_of_accumulated_batch(labels, kwargs)", "rate",
            "with gradient accumulation the rate term is charged once per micro-batch"),
+    Mutant("rate_charged_in_evaluation", "serpent_hf/modeling_serpent.py",
+           "            if self.training:  # a training term", "            if True:  # a training term",
+           "evaluation's loss (and the perplexity read from it) includes the rate term"),
+    Mutant("rate_reads_the_cache_span_of_the_mask", "serpent_hf/modeling_serpent.py",
+           "attention_mask[:, -outputs.deltas.shape[-1]:].bool()", "attention_mask.bool()",
+           "a mask spanning the cache's tokens is laid over the new chunk's Δ"),
+    Mutant("prefilled_cache_feeds_last_id_again", "serpent_hf/modeling_serpent.py",
+           "    if prompt_as_embeddings:\n", "    if True:\n",
+           "generate() from a cache that consumed every id feeds the last id a second time"),
+    Mutant("padding_between_real_tokens_accepted", "serpent_hf/modeling_serpent.py",
+           "    if hole.any():", "    if False:",
+           "a mask with padding between real tokens is accepted (the convolution reads the padding)"),
+    Mutant("residual_rounded_after_each_block", "modeling/block.py",
+           "return BlockOutput(residual + mixed, states", "return BlockOutput((residual + mixed).to(mixed.dtype), states",
+           "residual_in_fp32 rounds the stream back to half precision after every block"),
+    Mutant("s4d_kernel_in_half_precision", "serpent_hf/modeling_serpent.py",
+           '"log_dt", "log_A_real", "A_imag", "B", "C", ', "",
+           "a half-precision checkpoint loads S4D's Δ, A, B and C in half precision"),
 ]
 
 
