@@ -267,6 +267,45 @@ def test_listops_trains_with_the_trainer(tmp_path):
     assert 0.0 <= trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_accuracy"] <= 1.0
 
 
+def test_the_lra_command_seeds_its_model_resumes_and_applies_the_adam_options(tmp_path):
+    """serpent-train-lra once built the model before any seed (the recipes' seed did not fix the initial weights),
+    started from scratch when told to resume, and ignored --adam_beta2 and --optim: the same seed gives the same
+    model, a run resumed from a checkpoint under another seed ends as the uninterrupted run, and the options reach
+    the optimiser (or are refused)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from serpent_hf.training.train_lra import main
+
+    config_path = tmp_path / "config.json"
+    tiny_config(ssm_type="s4d", state_size=8, bidirectional=True, vocab_size=16, hidden_size=16,
+                compression_rates=[1.0, 0.5]).to_json_file(config_path)
+    options = ["--task", "listops", "--model_config", str(config_path), "--max_length", "40", "--listops_sizes", "16",
+               "8", "8", "--listops_min_length", "5", "--max_steps", "4", "--per_device_train_batch_size", "8",
+               "--learning_rate", "0.01", "--save_strategy", "steps", "--save_steps", "2", "--data_seed", "0",
+               "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true"]
+
+    def weights(run):
+        return load_file(tmp_path / run / "model.safetensors")
+
+    main(options + ["--output_dir", str(tmp_path / "a"), "--seed", "0"])
+    main(options + ["--output_dir", str(tmp_path / "b"), "--seed", "0"])
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "c" / "checkpoint-2")
+    main(options + ["--output_dir", str(tmp_path / "c"), "--seed", "1", "--resume_from_checkpoint", "last"])
+    expected = weights("a")
+    for run in ("b", "c"):
+        assert all(torch.equal(weights(run)[name], value) for name, value in expected.items()), run
+
+    datasets = lra_data.listops_datasets(None, 40, False, (16, 8, 8), 0, 5)
+    arguments = dict(output_dir=str(tmp_path / "d"), report_to=[], use_cpu=True)
+    trainer = build_trainer(classifier(), TrainingArguments(adam_beta2=0.98, adam_epsilon=1e-6, **arguments), datasets,
+                            1e-3)
+    assert {(group["betas"], group["eps"]) for group in trainer.optimizer.param_groups} == {((0.9, 0.98), 1e-6)}
+    with pytest.raises(ValueError, match="--optim sgd is not supported"):
+        build_trainer(classifier(), TrainingArguments(optim="sgd", **arguments), datasets, 1e-3)
+
+
 def test_model_config_must_fit_the_task(tmp_path):
     config_path = tmp_path / "config.json"
     tiny_config(vocab_size=10).to_json_file(config_path)

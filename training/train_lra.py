@@ -12,7 +12,8 @@ the Hub or --train_file/--test_file; Retrieval reads LRA's `new_aan_pairs.*.tsv`
 
 Optimiser, as S4 trains S4D: AdamW, with the SSM's Δ, A and B at --ssm_learning_rate and no
 weight decay; matrices (and C) at --learning_rate with --weight_decay; vectors (biases, norms,
-D) without weight decay. The learning-rate schedule and everything else are TrainingArguments.
+D) without weight decay; --adam_beta1/2 and --adam_epsilon apply. The learning-rate schedule and everything else
+are TrainingArguments (--resume_from_checkpoint PATH or last continues a run, as in serpent-train).
 """
 
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
 from ..modeling import S4DMixer
 from .. import SeRpEntConfig, SeRpEntForSequenceClassification
@@ -29,6 +30,7 @@ from .. import configs
 from ..cli import run_command
 from . import lra_data
 from .arguments import parse_arguments
+from .train_lm import checkpoint_to_resume
 
 # Per task: number of classes, vocabulary, LRA's maximum length, and whether longer inputs are cut.
 TASKS = {
@@ -91,7 +93,7 @@ def build_model(config_path, task, **overrides):
     return SeRpEntForSequenceClassification(config)
 
 
-def build_optimizer(model, learning_rate, weight_decay, ssm_learning_rate):
+def build_optimizer(model, learning_rate, weight_decay, ssm_learning_rate, betas=(0.9, 0.999), eps=1e-8):
     """AdamW with S4's parameter groups: SSM (Δ, A, B) slow and undecayed, matrices decayed, vectors not."""
     recurrence = {id(p) for module in model.modules() if isinstance(module, S4DMixer)
                   for p in module.recurrence_parameters()}
@@ -110,7 +112,7 @@ def build_optimizer(model, learning_rate, weight_decay, ssm_learning_rate):
         {"params": groups["decay"], "lr": learning_rate, "weight_decay": weight_decay},
         {"params": groups["no_decay"], "lr": learning_rate, "weight_decay": 0.0},
         {"params": groups["ssm"], "lr": ssm_learning_rate, "weight_decay": 0.0},
-    ], lr=learning_rate)
+    ], lr=learning_rate, betas=betas, eps=eps)
 
 
 def compute_metrics(prediction):
@@ -119,7 +121,12 @@ def compute_metrics(prediction):
 
 
 def build_trainer(model, training_args, datasets, ssm_learning_rate):
-    optimizer = build_optimizer(model, training_args.learning_rate, training_args.weight_decay, ssm_learning_rate)
+    optim = getattr(training_args.optim, "value", training_args.optim)
+    if not optim.startswith("adamw_torch"):  # ours is torch's AdamW; another would be ignored without a word
+        raise ValueError(f"serpent-train-lra trains with AdamW in S4's parameter groups; --optim {optim} is not "
+                         "supported (leave --optim unset)")
+    optimizer = build_optimizer(model, training_args.learning_rate, training_args.weight_decay, ssm_learning_rate,
+                                (training_args.adam_beta1, training_args.adam_beta2), training_args.adam_epsilon)
     return Trainer(
         model=model,
         args=training_args,
@@ -135,9 +142,11 @@ def main(argv=None):
     # A run file (this package's recipes by name too, e.g. train-lra-listops-cpu.json) and options that override it.
     args, training_args = parse_arguments((LRAArguments, TrainingArguments), argv)
     datasets = build_datasets(args)
+    set_seed(training_args.seed)  # before the model is built: the seed fixes its initial weights too
     model = build_model(args.model_config, args.task)
     trainer = build_trainer(model, training_args, datasets, args.ssm_learning_rate)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args.resume_from_checkpoint,
+                                                              training_args.output_dir))
     trainer.save_model()
     metrics = trainer.evaluate(datasets["test"], metric_key_prefix="test")
     trainer.log_metrics("test", metrics)
