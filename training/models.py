@@ -28,6 +28,11 @@ def resolve_model_config(name):
     return name if preset is None else str(preset)
 
 
+def missing_model_config(given):
+    """The error for a --model_config config file that does not exist."""
+    return ValueError(f"--model_config {given} does not exist (presets: {', '.join(configs.model_presets())})")
+
+
 def is_new_model(model_config):
     """True when --model_config names a configuration (a new model with random weights), not a checkpoint."""
     return Path(resolve_model_config(model_config)).suffix in CONFIG_SUFFIXES
@@ -61,7 +66,7 @@ def build_model(model_config, tokenizer, cache_dir=None):
     path = Path(model_config)
     if path.suffix in CONFIG_SUFFIXES:
         if not path.is_file():
-            raise ValueError(f"--model_config {given} does not exist (presets: {', '.join(configs.model_presets())})")
+            raise missing_model_config(given)
         config = AutoConfig.from_pretrained(str(path))
         if len(tokenizer) > config.vocab_size:
             log_vocabulary_growth(config, config.vocab_size, len(tokenizer), f"--model_config {given}")

@@ -39,7 +39,7 @@ from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, prep
 from .generation import generate_sample
 from .hub import create_run_repo, push_run
 from .model_card import write_model_card
-from .models import build_model, is_new_model, resolve_model_config
+from .models import build_model, is_new_model, missing_model_config, resolve_model_config
 from .plots import delta_profile, plot_deltas, plot_training_curves
 from .trainer import SeRpEntTrainer
 
@@ -87,7 +87,7 @@ def choose_tokenizer(model_args):
     if is_new_model(model_args.model_config):
         path = resolve_model_config(model_args.model_config)
         if not Path(path).is_file():
-            return  # build_model names the missing file
+            raise missing_model_config(model_args.model_config)
         model_args.train_tokenizer = AutoConfig.from_pretrained(path).vocab_size
         logger.info("tokenizer: a byte-level BPE of %d entries (the config's vocab_size) trained on the training "
                     "text (--tokenizer_name or --train_tokenizer choose another)", model_args.train_tokenizer)
