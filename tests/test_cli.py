@@ -73,6 +73,20 @@ def test_a_non_empty_output_dir_is_refused_unless_resuming_or_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # the refusal wrote nothing
 
 
+def test_overwriting_a_run_removes_its_checkpoints_so_they_cannot_outlive_the_new_ones(tmp_path):
+    """Within the Trainer's save_total_limit an earlier run's checkpoint-800 would survive beside the new run's
+    checkpoint-1 and be what `--resume_from_checkpoint last` picks (the newest step, not the newest run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    (tmp_path / "checkpoint-800").mkdir()
+    (tmp_path / "checkpoint-800" / "model.safetensors").touch()
+    argv = ["--model_config", "tiny", "--train_file", str(CORPUS), "--output_dir", str(tmp_path), "--max_steps", "1",
+            "--save_steps", "1", "--block_size", "16", "--use_cpu", "true", "--overwrite_output_dir"]
+    train_lm.main(argv)
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-1")
+    assert not (tmp_path / "checkpoint-800").exists()
+
+
 def test_a_growing_vocabulary_is_logged_with_the_parameter_counts(caplog):
     class Tokenizer:  # build_model asks a tokenizer only its length and special ids
         bos_token_id = eos_token_id = pad_token_id = 0

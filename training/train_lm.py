@@ -24,10 +24,11 @@ single process; the run file's `use_cpu: true` plus `--multi_gpu` gives several 
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments, default_data_collator, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..cli import run_command
 from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
@@ -67,8 +68,16 @@ DEFAULT_BLOCK_SIZE, SMALLEST_DEFAULT_BLOCK_SIZE = 128, 16
 
 def check_output_dir(training_args, overwrite):
     """Refuse to train into a folder that holds something, unless resuming or asked to: a second run would
-    silently replace the first one's model, results and checkpoints."""
+    silently replace the first one's model, results and checkpoints. Asked to overwrite, remove the old run's
+    checkpoint-* folders: the Trainer rotates checkpoints by step number, so an old checkpoint-800 would outlive the
+    new run's own and `--resume_from_checkpoint last` would pick it."""
     folder = Path(training_args.output_dir)
+    if overwrite and training_args.resume_from_checkpoint is None and folder.is_dir():
+        old = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+        if old and training_args.process_index == 0:
+            logger.warning("--overwrite_output_dir: removing the earlier run's %s", ", ".join(p.name for p in old))
+            for checkpoint in old:
+                shutil.rmtree(checkpoint, ignore_errors=True)
     if overwrite or training_args.resume_from_checkpoint is not None or not folder.is_dir():
         return
     held = sorted(path.name for path in folder.iterdir())
