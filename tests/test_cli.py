@@ -60,6 +60,10 @@ def test_a_new_model_trains_a_bpe_of_its_config_size_and_a_checkpoint_keeps_its_
     model_args, *_ = parse_arguments(TRAIN_TYPES, ["--model_config", str(tmp_path), "--output_dir", "x"])
     train_lm.choose_tokenizer(model_args)
     assert (model_args.train_tokenizer, model_args.tokenizer_name) == (None, str(tmp_path))
+    model_args, *_ = parse_arguments(TRAIN_TYPES, ["--model_config", str(tmp_path), "--train_tokenizer", "512",
+                                                   "--output_dir", "x"])
+    with pytest.raises(ValueError, match="--train_tokenizer trains a new BPE, whose ids mean nothing to the checkpoint"):
+        train_lm.choose_tokenizer(model_args)
 
 
 def test_a_non_empty_output_dir_is_refused_unless_resuming_or_asked(tmp_path):

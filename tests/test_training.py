@@ -102,12 +102,13 @@ def parse_run(argv):
 
 @pytest.mark.parametrize(
     "option, value, replaced",
-    [("--validation_file", "other.txt", "validation_articles"), ("--tokenizer_name", "my-bpe", "train_tokenizer")],
+    [("--validation_file", "other.txt", "validation_articles"), ("--tokenizer_name", "my-bpe", "train_tokenizer"),
+     ("--validation_split_percentage", "10", "validation_articles")],
 )
 def test_a_command_line_option_replaces_the_run_file_options_it_conflicts_with(run_file, option, value, replaced):
     """The run file holds validation_articles and train_tokenizer; the command line's alternative wins."""
     model_args, data_args, _, _ = parse_run([str(run_file), option, value])
-    assert getattr(data_args if "validation" in option else model_args, option[2:]) == value
+    assert str(getattr(data_args if "validation" in option else model_args, option[2:])) == value
     assert getattr(data_args if "validation" in replaced else model_args, replaced) is None
 
 

@@ -101,6 +101,7 @@ class ReportArguments:
 ALTERNATIVES = {
     "validation_file": ("validation_articles",),
     "validation_articles": ("validation_file",),
+    "validation_split_percentage": ("validation_file", "validation_articles"),
     "tokenizer_name": ("train_tokenizer",),
     "train_tokenizer": ("tokenizer_name",),
     "dataset_name": ("train_file", "validation_file"),

@@ -90,7 +90,12 @@ def check_output_dir(training_args, overwrite):
 
 def choose_tokenizer(model_args):
     """Without --tokenizer_name or --train_tokenizer: a new model trains a BPE of its config's vocabulary size on
-    the training text (offline, and the embedding keeps the config's size); a checkpoint keeps its own tokenizer."""
+    the training text (offline, and the embedding keeps the config's size); a checkpoint keeps its own tokenizer,
+    and a new BPE for a checkpoint is refused: its ids would mean nothing to the checkpoint's embeddings."""
+    if model_args.train_tokenizer is not None and not is_new_model(model_args.model_config):
+        raise ValueError(f"--train_tokenizer trains a new BPE, whose ids mean nothing to the checkpoint --model_config "
+                         f"{model_args.model_config}: leave it out (the checkpoint's own tokenizer is used), or "
+                         "--unset train_tokenizer when a run file sets it")
     if model_args.tokenizer_name is not None or model_args.train_tokenizer is not None:
         return
     if is_new_model(model_args.model_config):
