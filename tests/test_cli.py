@@ -156,3 +156,13 @@ def test_generate_refuses_an_attention_mask_of_the_wrong_shape(model, shape):
     with pytest.raises(ValueError, match=r"attention_mask has shape .*generate\(\) expects \(1, 3\)"):
         model.generate(ids, attention_mask=torch.ones(shape, dtype=torch.long), max_new_tokens=2)
     assert model.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.long), max_new_tokens=2).shape == (1, 5)
+
+
+def test_the_model_card_counts_the_tokens_of_a_short_last_batch(tmp_path):
+    """10 blocks in batches of 4: three steps see 4 + 4 + 2 blocks, 160 tokens of 16, not 3 × 4 × 16 = 192."""
+    argv = ["--model_config", "tiny", "--train_file", str(CORPUS), "--output_dir", str(tmp_path), "--block_size", "16",
+            "--max_train_samples", "10", "--per_device_train_batch_size", "4", "--max_steps", "3", "--use_cpu", "true",
+            "--save_strategy", "no"]
+    train_lm.main(argv)
+    assert "tokens trained: 160 (3 steps of up to 4 blocks of 16 tokens)" in (tmp_path / "README.md").read_text()
+

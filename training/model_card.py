@@ -42,9 +42,10 @@ def describe_data(data_args):
 
 def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size, data_args, training_args, metrics,
                      block_size, train_blocks, eval_blocks, steps, load_from, sample=None, sample_prompt="",
-                     sample_max_new_tokens=0, plots=None, profile=None, template_path=None):
+                     sample_max_new_tokens=0, plots=None, profile=None, template_path=None, tokens_trained=None):
     """Render the card, save it as output_dir/README.md and return it. `load_from`: what the card's
-    examples pass to `from_pretrained`, the Hub id the run is pushed to or its output folder."""
+    examples pass to `from_pretrained`, the Hub id the run is pushed to or its output folder. `tokens_trained`: the
+    Trainer's count (a short last batch per epoch holds fewer blocks); None: steps × global batch × block size."""
     architecture = describe_architecture(model)
     data_description, dataset_id, data_options = describe_data(data_args)
     global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * max(
@@ -83,7 +84,7 @@ def write_model_card(output_dir, *, model, tokenizer_description, tokenizer_size
         eval_blocks=eval_blocks,
         steps=steps,
         global_batch_size=global_batch,
-        tokens_trained=steps * global_batch * block_size,
+        tokens_trained=tokens_trained or steps * global_batch * block_size,
         hyperparameters={
             "learning_rate": training_args.learning_rate,
             "lr_scheduler": str(training_args.lr_scheduler_type.value if hasattr(training_args.lr_scheduler_type, "value")

@@ -172,6 +172,8 @@ def main(argv=None):
         logger.warning("accelerate launch --cpu started ONE process although several were asked for; for several "
                        "CPU processes run `accelerate launch --multi_gpu --num_processes N ... --use_cpu true`")
     set_seed(training_args.seed)
+    if training_args.include_num_input_tokens_seen in ("no", False):  # the model card states the tokens trained
+        training_args.include_num_input_tokens_seen = "all"
 
     with training_args.main_process_first(desc="loading the text"):
         raw = load_raw_text(data_args, model_args.cache_dir)
@@ -233,6 +235,7 @@ def main(argv=None):
         output_dir, model=model, tokenizer_description=tokenizer_description, tokenizer_size=len(tokenizer),
         data_args=data_args, training_args=training_args, metrics=metrics, block_size=block_size,
         train_blocks=len(train_set), eval_blocks=len(eval_set), steps=trainer.state.global_step, load_from=load_from,
+        tokens_trained=trainer.state.num_input_tokens_seen,
         sample=sample, sample_prompt=report_args.sample_prompt, sample_max_new_tokens=report_args.sample_max_new_tokens,
         plots=plots, profile=profile, template_path=report_args.model_card_template,
     )
