@@ -1,6 +1,7 @@
 """Long Range Arena: ListOps data, TSV readers and their errors, the classifier, the training pipeline."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,6 +305,17 @@ def test_the_lra_command_seeds_its_model_resumes_and_applies_the_adam_options(tm
     assert {(group["betas"], group["eps"]) for group in trainer.optimizer.param_groups} == {((0.9, 0.98), 1e-6)}
     with pytest.raises(ValueError, match="--optim sgd is not supported"):
         build_trainer(classifier(), TrainingArguments(optim="sgd", **arguments), datasets, 1e-3)
+
+
+def test_no_recipe_picks_its_checkpoint_by_the_test_set():
+    """IMDb (LRA Text) has no validation split, so lra_data evaluates on the test split during training: a recipe
+    that kept the best checkpoint by it would report the best of its epochs on the test set itself."""
+    from serpent_hf import configs
+    from serpent_hf.training.arguments import read_run_file
+
+    recipes = [read_run_file(path) for path in sorted(Path(configs.__file__).parent.glob("train-lra-*.json"))]
+    text = [recipe for recipe in recipes if recipe["task"] == "text"]
+    assert text and not any(recipe.get("load_best_model_at_end") for recipe in text)
 
 
 def test_model_config_must_fit_the_task(tmp_path):

@@ -285,6 +285,8 @@ def text_datasets(dataset_name="imdb", train_file=None, test_file=None, max_leng
     for split in ("train", "test"):
         splits[split] = raw[split].map(encode, with_indices=True, fn_kwargs={"split": split},
                                        remove_columns=raw[split].column_names)
+    # IMDb has no validation split: validation is the test split, so a recipe must not pick a checkpoint by it
+    # (configs/train-lra-text.json reports the last epoch's model, not the best on the test set).
     return DatasetDict(train=splits["train"], validation=splits["test"], test=splits["test"])
 
 
