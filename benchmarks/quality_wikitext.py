@@ -162,6 +162,12 @@ def train_run(args, arm, seed, directory, data, cache_dir):
     train_lm.main(argv + ["--overwrite_output_dir"])
 
 
+def train_runtime(log_history):
+    """The whole training's seconds: the Trainer's closing entry (the last with train_runtime; runs that count input
+    tokens also log a running train_runtime at every logging step)."""
+    return next(entry["train_runtime"] for entry in reversed(log_history) if "train_runtime" in entry)
+
+
 def summarise(directory, batch_size, block_size):
     """Final and best held-out metrics of one finished run, read from what train_lm.py wrote."""
     state = json.loads((directory / "trainer_state.json").read_text())
@@ -172,7 +178,7 @@ def summarise(directory, batch_size, block_size):
     # the periodic evaluations, or the final one alone when the run was shorter than --eval_steps
     evals = [entry for entry in state["log_history"] if "eval_loss" in entry] or [{**final, "step": state["global_step"]}]
     best = min(evals, key=lambda entry: entry["eval_loss"])
-    runtime = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
+    runtime = train_runtime(state["log_history"])
     resampling = [entry for entry in state["log_history"] if any(key.startswith("resampling/") for key in entry)]
 
     def metrics(entry):
