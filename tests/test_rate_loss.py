@@ -10,7 +10,7 @@ from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM
 from serpent_hf.modeling import SelectivityNetwork, rate_loss
 from serpent_hf.training.trainer import SeRpEntTrainer
 
-from .conftest import tiny_config
+from .conftest import cache_of, tiny_config
 
 
 def model_with(delta_source, bias, coef=1.0):
@@ -75,7 +75,7 @@ def test_rate_term_counts_real_elements_only():
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
     # Continued from a cache, with the mask of the whole sequence (b, past + length): the term of the new chunk.
     with torch.no_grad():
-        cache = model(input_ids=padded_ids[:, :30], attention_mask=mask[:, :30], use_cache=True).cache
+        cache = cache_of(model(input_ids=padded_ids[:, :30], attention_mask=mask[:, :30], use_cache=True))
     chunk = padded_ids[:, 30:]
     continued = model(input_ids=chunk, attention_mask=mask, cache=cache, labels=chunk).rate_loss
     expected = rate_loss(model(input_ids=padded_ids, attention_mask=mask, output_deltas=True).deltas[..., 30:],
