@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict
 
-from quality_wikitext import ARMS, read_articles, summarise, train_run, train_runtime
+from quality_wikitext import ARMS, read_articles, summarise, train_run
 from serpent_hf.training.data import group_into_blocks, hold_out_articles, load_tokenizer
 from serpent_hf.training.evaluation import POSITION_BUCKETS, loss_by_position
 from serpent_hf.training.models import load_checkpoint
@@ -100,10 +100,11 @@ def position_scores(directory, lines, block_size, buckets):
 def training_seconds(directory):
     """Seconds spent training (train_runtime minus the periodic evaluations), from trainer_state.json."""
     history = json.loads((directory / "trainer_state.json").read_text())["log_history"]
-    # the evaluations during training come before the Trainer's closing train_runtime entry; the final one after it
+    # The Trainer's closing entry is the last with train_runtime (runs that count input tokens also log a running
+    # one at every logging step); the evaluations during training come before it, the final one after it.
     last = max(i for i, entry in enumerate(history) if "train_runtime" in entry)
     evaluations = sum(entry["eval_runtime"] for entry in history[:last] if "eval_runtime" in entry)
-    return train_runtime(history) - evaluations
+    return history[last]["train_runtime"] - evaluations
 
 
 def flops_per_token(directory, block_size):

@@ -303,11 +303,12 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if length == 0 and (cache is None or cache.num_tokens == 0):
             raise ValueError("empty input: the sequence has length 0 (give at least one token, e.g. a BOS token)")
-        # Ids are read on the host at prefill and wherever a read is free; a compiled or GPU decoding step reads
-        # nothing (its ids come from generate's own sampling, and nn.Embedding still refuses one out of range).
-        decoding_step = cache is not None and length == 1
-        read_ids = input_ids is not None and (not decoding_step or host_reads_are_free(input_ids.device))
-        if read_ids and input_ids.numel() > 0:
+        # Ids and the mask are read on the host at prefill and wherever a read is free; a compiled or GPU decoding
+        # step reads nothing (its ids come from generate's own sampling, and nn.Embedding still refuses one out of
+        # range; generate passes it no mask).
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        may_read = not (cache is not None and length == 1) or host_reads_are_free(device)
+        if may_read and input_ids is not None and input_ids.numel() > 0:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -324,7 +325,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}; expected {expected} to match the input"
                 )
-            if not decoding_step or host_reads_are_free(attention_mask.device):
+            if may_read:
                 check_no_padding_between_real_tokens(attention_mask)
             return attention_mask[:, -length:].bool() if length > 0 else None
         return None

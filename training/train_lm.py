@@ -69,8 +69,8 @@ DEFAULT_BLOCK_SIZE, SMALLEST_DEFAULT_BLOCK_SIZE = 128, 16
 def check_output_dir(training_args, overwrite):
     """Refuse to train into a folder that holds something, unless resuming or asked to: a second run would
     silently replace the first one's model, results and checkpoints. Asked to overwrite, remove the old run's
-    checkpoint-* folders: the Trainer rotates checkpoints by step number, so an old checkpoint-800 would outlive the
-    new run's own and `--resume_from_checkpoint last` would pick it."""
+    checkpoint-* folders: within save_total_limit an old checkpoint-800 would stay beside the new run's own, and
+    `--resume_from_checkpoint last` (the highest step) would pick it."""
     folder = Path(training_args.output_dir)
     if overwrite and training_args.resume_from_checkpoint is None and folder.is_dir():
         old = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
