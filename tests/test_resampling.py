@@ -94,3 +94,34 @@ def test_selectivity_scores_are_zero_on_padding_in_both_modes(embedding_std):
     assert scores.shape == (2, 5, 3)
     assert (scores[~valid] == 0).all() and (scores[valid] != 0).all()
     torch.testing.assert_close(scores[valid], network.scores(x)[valid], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_embedding_logits_are_the_bias_plus_the_mean_of_the_last_w_scores(window):
+    """θ_Δ's logit from the token embeddings as its docstring writes it, computed here element by element:
+    u = e/σ_e on a grid of 2^-10, w on a grid of 2^-16, s_l = w·u_l, logit_l = b + (1/W)(s_l + ... + s_{l-W+1}),
+    with no score before the first token. A chunk continued from the returned state gives the same logits."""
+    from serpent_hf.modeling import SelectivityNetwork
+
+    torch.manual_seed(window)
+    hidden, networks, std = 8, 3, 0.02
+    network = SelectivityNetwork(hidden, num_networks=networks, window=window, embedding_std=std)
+    with torch.no_grad():
+        network.weight.normal_(0.0, 0.5)
+        network.bias.normal_(0.0, 1.0)
+    embeddings = torch.randn(2, 9, hidden) * std
+    u = torch.round(embeddings.double() / std * 2**10) / 2**10
+    w = torch.round(network.weight.detach().double() * 2**16) / 2**16
+    bias = network.bias.detach().double()
+    expected = torch.zeros(2, 9, networks, dtype=torch.float64)
+    for row in range(2):
+        for l in range(9):
+            for p in range(networks):
+                window_scores = [float(w[p] @ u[row, k]) for k in range(max(0, l - window + 1), l + 1)]
+                expected[row, l, p] = float(bias[p]) + sum(window_scores) / window
+    with torch.no_grad():
+        logits, _ = network(embeddings)
+        first, state = network(embeddings[:, :5])
+        second, _ = network(embeddings[:, 5:], state=state)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat([first, second], 1), logits, rtol=0, atol=0)

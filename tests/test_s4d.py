@@ -51,6 +51,24 @@ def test_kernel_is_the_impulse_response_of_the_recurrence():
     torch.testing.assert_close(mixer.kernel(length)[0].double(), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_discretisation_is_the_exact_zero_order_hold_of_the_continuous_system():
+    """Ā and B̄ against Van Loan's block exponential, an independent derivation of the zero-order hold:
+    exp([[ΔA, ΔB], [0, 0]]) = [[Ā, B̄], [0, 1]] for h' = A h + B u with u held over the step. The kernel, the
+    step and the final state all read `discretise`, so they agree with each other whatever it computes."""
+    mixer = s4d_mixer(seed=9)
+    with torch.no_grad():
+        mixer.B.normal_()  # B = 1 at initialisation would hide a B̄ that forgets to multiply by B
+        dtA, B_bar = mixer.discretise()
+    A = torch.complex(-torch.exp(mixer.log_A_real.double()), mixer.A_imag.double()).detach()
+    dt = torch.exp(mixer.log_dt.double()).detach().unsqueeze(-1).to(A.dtype)
+    B = torch.view_as_complex(mixer.B.detach().double())
+    block = torch.zeros(*A.shape, 2, 2, dtype=torch.complex128)
+    block[..., 0, 0], block[..., 0, 1] = dt * A, dt * B
+    exponential = torch.linalg.matrix_exp(block)
+    torch.testing.assert_close(torch.exp(dtA).to(torch.complex128), exponential[..., 0, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(B_bar.to(torch.complex128), exponential[..., 0, 1], atol=1e-6, rtol=1e-5)
+
+
 def test_fft_convolution_equals_the_recurrence():
     mixer = s4d_mixer(seed=2)
     u = torch.randn(3, mixer.hidden_size, 90)

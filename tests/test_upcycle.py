@@ -16,9 +16,12 @@ def mamba():
     torch.manual_seed(0)
     config = MambaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=3, state_size=8, expand=2)
     model = MambaForCausalLM(config).eval()
-    with torch.no_grad():  # move Δ away from its narrow initial range so the SSM state matters
+    with torch.no_grad():
         for layer in model.backbone.layers:
-            layer.mixer.dt_proj.bias.normal_(0.0, 1.0)
+            layer.mixer.dt_proj.bias.normal_(0.0, 1.0)  # Δ away from its narrow initial range: the state matters
+            layer.mixer.D.normal_(0.0, 1.0)
+            layer.norm.weight.uniform_(0.25, 2.0)  # every norm off its initial scale of 1, as in a trained model
+        model.backbone.norm_f.weight.uniform_(0.25, 2.0)
     return model
 
 
