@@ -2,9 +2,11 @@
 refusals instead of silent overwrites, logged vocabulary growth, one-line errors (tracebacks with --debug),
 LRA data folders that say how to make them, and generate() refusing a mask of the wrong shape."""
 
+import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +106,33 @@ def test_a_growing_vocabulary_is_logged_with_the_parameter_counts(caplog):
     grown = 239_940 + (1000 - 512) * 64  # tied embedding and head: one new row of 64 per id
     assert "vocabulary of 512 but the tokenizer has 1,000 ids" in caplog.text
     assert f"parameters 239,940 -> {grown:,}" in caplog.text and model.num_parameters() == grown
+
+
+def test_a_model_config_in_yaml_builds_the_model_its_json_builds(tmp_path):
+    """--model_config takes a config file in YAML (the run files' format) as well as JSON; YAML without a model_type
+    is refused by name."""
+    class Tokenizer:
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return 512
+
+    fields = json.loads(Path(resolve_model_config("tiny")).read_text())
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**fields, "hidden_size": 48}))
+    torch.manual_seed(0)
+    from_yaml = build_model(str(tmp_path / "tiny.yaml"), Tokenizer())
+    (tmp_path / "tiny.json").write_text(json.dumps({**fields, "hidden_size": 48}))
+    torch.manual_seed(0)
+    from_json = build_model(str(tmp_path / "tiny.json"), Tokenizer())
+    assert from_yaml.config.name_or_path == str(tmp_path / "tiny.yaml") and from_yaml.config.hidden_size == 48
+    from_yaml.config.name_or_path = from_json.config.name_or_path
+    assert from_yaml.config.to_dict() == from_json.config.to_dict()
+    for (name, a), b in zip(from_yaml.state_dict().items(), from_json.state_dict().values()):
+        assert torch.equal(a, b), name
+    del fields["model_type"]
+    (tmp_path / "anonymous.yaml").write_text(yaml.safe_dump(fields))
+    with pytest.raises(ValueError, match="model_type"):
+        build_model(str(tmp_path / "anonymous.yaml"), Tokenizer())
 
 
 def run_command(code, *args, cwd):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -221,6 +222,20 @@ def test_the_model_card_loads_the_run_with_serpent_hf_and_with_transformers_alon
     finished = run_without_serpent_hf(transformers_only + check, cwd=tmp_path, modules_cache=tmp_path / "modules")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "trust_remote_code" not in finished.stdout + finished.stderr  # no prompt asks to allow the code
+
+
+def test_the_model_card_evaluation_command_reproduces_the_card_metrics(reference, tmp_path):
+    """The card's serpent-eval command, with OTHER_CHECKPOINT left out, selects the run's own evaluation text (its
+    held-out articles, block size and evaluation blocks) and so gives the metrics the card reports."""
+    card = ModelCard.load(reference / "README.md")
+    command = re.search(r"```bash\n(serpent-eval .*?)\n```", card.text, re.S).group(1)
+    argv = shlex.split(command.replace(" OTHER_CHECKPOINT", ""))[1:]
+    assert "--max_eval_samples" in argv  # the run evaluated 12 blocks, not all of its held-out text
+    results = eval_lm.main(argv + ["--per_device_eval_batch_size", "4", "--use_cpu", "true", "--report_to", "none",
+                                   "--disable_tqdm", "true", "--output_dir", str(tmp_path / "card")])
+    reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert results[str(reference)]["eval_top1_accuracy"] == pytest.approx(reported["Top-1 accuracy"], abs=1e-6)
+    assert results[str(reference)]["eval_perplexity"] == pytest.approx(reported["Perplexity"], rel=1e-5)
 
 
 def test_eval_lm_compares_checkpoints_with_the_same_metric(reference, tmp_path):

@@ -35,8 +35,13 @@ def describe_data(data_args):
     if data_args.validation_articles:
         description += f"; the last {data_args.validation_articles} articles held out for evaluation"
         options += f" --validation_articles {data_args.validation_articles}"
-    elif not data_args.validation_file and data_args.train_file:
-        description += f"; the last {data_args.validation_split_percentage}% of lines held out for evaluation"
+    elif not data_args.validation_file:  # a dataset without a validation split is cut the same way
+        if data_args.train_file:
+            description += f"; the last {data_args.validation_split_percentage}% of lines held out for evaluation"
+        options += f" --validation_split_percentage {data_args.validation_split_percentage}"
+    if data_args.max_eval_samples:
+        description += f"; evaluation on its first {data_args.max_eval_samples} blocks"
+        options += f" --max_eval_samples {data_args.max_eval_samples}"
     return description, dataset_id, options
 
 

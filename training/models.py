@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .. import configs
@@ -31,6 +32,20 @@ def resolve_model_config(name):
 def missing_model_config(given):
     """The error for a --model_config config file that does not exist."""
     return ValueError(f"--model_config {given} does not exist (presets: {', '.join(configs.model_presets())})")
+
+
+def read_model_config(path):
+    """A config file -> its PretrainedConfig: JSON as `save_pretrained` writes it, or the same fields in YAML (the
+    format of the run files), which must name their `model_type` ("serpent", "mamba", ...)."""
+    if Path(path).suffix == ".json":
+        return AutoConfig.from_pretrained(str(path))
+    fields = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(fields, dict) or "model_type" not in fields:
+        raise ValueError(f"--model_config {path} must be a mapping of config fields with its model_type "
+                         "(e.g. model_type: serpent)")
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config.name_or_path = str(path)  # as from_pretrained records the file a JSON config came from
+    return config
 
 
 def is_new_model(model_config):
@@ -67,7 +82,7 @@ def build_model(model_config, tokenizer, cache_dir=None):
     if path.suffix in CONFIG_SUFFIXES:
         if not path.is_file():
             raise missing_model_config(given)
-        config = AutoConfig.from_pretrained(str(path))
+        config = read_model_config(path)
         if len(tokenizer) > config.vocab_size:
             log_vocabulary_growth(config, config.vocab_size, len(tokenizer), f"--model_config {given}")
             config.vocab_size = len(tokenizer)

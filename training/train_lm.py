@@ -27,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, TrainingArguments, default_data_collator, set_seed
+from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..cli import run_command
@@ -40,7 +40,7 @@ from .evaluation import IGNORE_KEYS, add_perplexity, build_compute_metrics, prep
 from .generation import generate_sample
 from .hub import create_run_repo, push_run
 from .model_card import write_model_card
-from .models import build_model, is_new_model, missing_model_config, resolve_model_config
+from .models import build_model, is_new_model, missing_model_config, read_model_config, resolve_model_config
 from .plots import delta_profile, plot_deltas, plot_training_curves
 from .trainer import SeRpEntTrainer
 
@@ -102,7 +102,7 @@ def choose_tokenizer(model_args):
         path = resolve_model_config(model_args.model_config)
         if not Path(path).is_file():
             raise missing_model_config(model_args.model_config)
-        model_args.train_tokenizer = AutoConfig.from_pretrained(path).vocab_size
+        model_args.train_tokenizer = read_model_config(path).vocab_size
         logger.info("tokenizer: a byte-level BPE of %d entries (the config's vocab_size) trained on the training "
                     "text (--tokenizer_name or --train_tokenizer choose another)", model_args.train_tokenizer)
     else:
