@@ -26,6 +26,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
 
 from serpent_hf.training import eval_lm, train_lm
+from serpent_hf.training.resume import checkpoint_to_resume
 from serpent_hf.training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from serpent_hf.training.data import hold_out_articles, split_articles
 
@@ -145,16 +146,16 @@ def test_resuming_from_a_checkpoint_without_optimizer_state_warns(tmp_path, capl
     checkpoint = tmp_path / "checkpoint-8"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text("{}")
-    with caplog.at_level("WARNING", logger="train_lm"):
-        assert train_lm.checkpoint_to_resume("last", str(tmp_path)) == str(checkpoint)
+    with caplog.at_level("WARNING", logger="serpent_hf.training.resume"):
+        assert checkpoint_to_resume("last", str(tmp_path)) == str(checkpoint)
     assert f"{checkpoint} holds no optimizer state" in caplog.text
     caplog.clear()
     (checkpoint / "optimizer.pt").write_bytes(b"")
-    assert train_lm.checkpoint_to_resume(str(checkpoint), str(tmp_path)) == str(checkpoint)
+    assert checkpoint_to_resume(str(checkpoint), str(tmp_path)) == str(checkpoint)
     assert "optimizer" not in caplog.text
-    assert train_lm.checkpoint_to_resume(None, str(tmp_path)) is None
+    assert checkpoint_to_resume(None, str(tmp_path)) is None
     with pytest.raises(ValueError, match="no checkpoint-\\* folder in --output_dir"):
-        train_lm.checkpoint_to_resume("last", str(tmp_path / "empty"))
+        checkpoint_to_resume("last", str(tmp_path / "empty"))
 
 
 def test_the_ready_run_files_parse():

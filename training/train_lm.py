@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..cli import run_command
 from .arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
@@ -42,6 +42,7 @@ from .hub import create_run_repo, push_run
 from .model_card import write_model_card
 from .models import build_model, is_new_model, missing_model_config, read_model_config, resolve_model_config
 from .plots import delta_profile, plot_deltas, plot_training_curves
+from .resume import checkpoint_to_resume
 from .trainer import SeRpEntTrainer
 
 logger = logging.getLogger("train_lm")
@@ -132,27 +133,6 @@ def get_tokenizer(model_args, raw, training_args):
             texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
             train_bpe_tokenizer(texts, model_args.train_tokenizer).save_pretrained(training_args.output_dir)
     return AutoTokenizer.from_pretrained(training_args.output_dir)  # every process uses the same saved files
-
-
-def checkpoint_to_resume(resume, output_dir):
-    """--resume_from_checkpoint PATH, or "last"/"true" (the newest checkpoint-* in output_dir) -> the checkpoint
-    folder, or None. The Trainer starts a fresh optimizer without a word when the checkpoint holds no optimizer
-    state (a checkpoint saved with save_only_model, or copied without it): the run then differs from an
-    uninterrupted one, so say so."""
-    if resume is None:
-        return None
-    if resume.lower() in ("true", "last"):
-        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if checkpoint is None:
-            raise ValueError(f"--resume_from_checkpoint {resume}: no checkpoint-* folder in --output_dir {output_dir}")
-    elif not Path(resume).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {resume} is not a checkpoint folder")
-    else:
-        checkpoint = resume
-    if not any("optim" in path.name for path in Path(checkpoint).rglob("*")):
-        logger.warning("%s holds no optimizer state: training resumes with a fresh optimizer (moments at zero), so it "
-                       "will not match an uninterrupted run", checkpoint)
-    return checkpoint
 
 
 def main(argv=None):

@@ -30,7 +30,7 @@ from .. import configs
 from ..cli import run_command
 from . import lra_data
 from .arguments import parse_arguments
-from .train_lm import checkpoint_to_resume
+from .resume import checkpoint_to_resume
 
 # Per task: number of classes, vocabulary, LRA's maximum length, and whether longer inputs are cut.
 TASKS = {
