@@ -233,6 +233,10 @@ MUTANTS = [
     Mutant("mean_pooling_over_padding", "serpent_hf/modeling_serpent_classification.py",
            "/ weights.sum(dim=1).clamp(min=1.0)", "/ hidden_states.shape[1]",
            "mean pooling divides by the padded length, not by the row's real tokens"),
+    Mutant("new_chunk_padding_after_real_tokens", "serpent_hf/modeling_serpent.py",
+           "started = cache.started if cache is not None and attention_mask.shape[1] == length else None",
+           "started = None",
+           "a new chunk's mask starting with padding is accepted in a row whose cache holds real tokens"),
 ]
 
 

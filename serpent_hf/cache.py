@@ -2,8 +2,8 @@
 
 It holds, per layer and branch, the state of DESIGN.md section 3 (`modeling.state`): last K
 elements and their times, the clock, the emitted count, the SSM conv and ssm states and the
-last compressed output. Its size is fixed by the batch size and the config; it never grows
-with the number of generated tokens. Each decoding step advances these tensors in place.
+last compressed output; and which rows have consumed a real token (for the input checks). Its size is
+fixed by the batch size and the config; it never grows with the number of generated tokens. Each decoding step advances these tensors in place.
 
 It deliberately does not subclass transformers' `Cache`: the attention-cache internals
 (`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
@@ -49,11 +49,14 @@ class SeRpEntCache:
     # tensors keep their shapes from token to token, and a step read by torch.compile reads nothing on the host.
     is_compileable = True
 
-    def __init__(self, config, layer_states, num_tokens=0, selectivity_state=None):
+    def __init__(self, config, layer_states, started, num_tokens=0, selectivity_state=None):
         self.signature = config_signature(config)
         self.layer_states = layer_states  # list (layers) of list (branches) of BranchState
         # delta_source "embedding" with delta_window W > 1: θ_Δ scores of the last W-1 tokens (b, W-1, P) float64.
         self.selectivity_state = selectivity_state
+        # (b,) bool: the rows that have consumed a real token. Padding at the start of a later chunk would lie between
+        # real tokens in these rows, where the model refuses it (SeRpEntModel's input checks).
+        self.started = started
         self.num_tokens = num_tokens  # tokens consumed so far (including left padding)
         self.decode_step = None  # a StaticDecodeStep (CUDA graph) bound to this cache's tensors, if any
 
@@ -67,6 +70,7 @@ class SeRpEntCache:
                 yield from state.tensors()
         if self.selectivity_state is not None:
             yield self.selectivity_state
+        yield self.started
 
     @property
     def is_linear(self):
@@ -94,6 +98,7 @@ class SeRpEntCache:
         self.layer_states = [[state.map(fn) for state in layer] for layer in self.layer_states]
         if self.selectivity_state is not None:
             self.selectivity_state = fn(self.selectivity_state)
+        self.started = fn(self.started)
         self.decode_step = None  # new tensors: a captured graph no longer points at them
 
     def reorder_cache(self, beam_idx):

@@ -115,19 +115,24 @@ class DecodingStepOutput(NamedTuple):
 GENERATION_BOOKKEEPING = ("labels", "next_sequence_length", "is_first_iteration")
 
 
-def check_no_padding_between_real_tokens(attention_mask):
+def check_no_padding_between_real_tokens(attention_mask, started=None):
     """Padding may come before a row's first real token (left padding) or after its last (right padding), where it
     moves no clock and no real token reads it. Between real tokens it would not be skipped: the Mamba convolution
-    and the compression's K-neighbour window would read it as input, so such a mask is refused."""
+    and the compression's K-neighbour window would read it as input, so such a mask is refused. started (b,) bool:
+    the rows whose cache holds real tokens already, before this mask's first position."""
     mask = attention_mask.bool()
     real_before = mask.cumsum(dim=1) > 0
+    if started is not None:
+        real_before = real_before | started.unsqueeze(-1)
     real_after = mask.flip(1).cumsum(dim=1).flip(1) > 0
     hole = real_before & real_after & ~mask
     if hole.any():
         row, position = (int(i) for i in hole.nonzero()[0])
+        earlier = " (the cache holds real tokens of this row)" if started is not None and bool(started[row]) else ""
         raise ValueError(
-            f"attention_mask has padding between real tokens (row {row}, position {position}): SeRpEnt skips padding "
-            "only before a row's first real token or after its last; remove the padding from the middle of the row"
+            f"attention_mask has padding between real tokens (row {row}, position {position}{earlier}): SeRpEnt skips "
+            "padding only before a row's first real token or after its last; remove the padding from the middle of "
+            "the row"
         )
 
 
@@ -251,7 +256,8 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         dtype = dtype or self.embeddings.weight.dtype
         layer_states = [layer.empty_state(batch_size, device, dtype) for layer in self.layers]
         selectivity_state = None if self.selectivity is None else self.selectivity.empty_state(batch_size, device)
-        return SeRpEntCache(self.config, layer_states, selectivity_state=selectivity_state)
+        started = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        return SeRpEntCache(self.config, layer_states, started, selectivity_state=selectivity_state)
 
     def layer_logits(self, logits):
         """θ_Δ's logits of every compressed branch (..., layers · C) -> one (..., C) per layer (None without them).
@@ -325,8 +331,9 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}; expected {expected} to match the input"
                 )
-            if may_read:
-                check_no_padding_between_real_tokens(attention_mask)
+            if may_read:  # a mask of the new chunk alone continues the rows the cache has started
+                started = cache.started if cache is not None and attention_mask.shape[1] == length else None
+                check_no_padding_between_real_tokens(attention_mask, started)
             return attention_mask[:, -length:].bool() if length > 0 else None
         return None
 
@@ -378,17 +385,22 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         if self._is_decoding_step(cache, length, valid, checkpointing) and not output_hidden_states:
             hidden_states, lengths, deltas = decode_one_token(self, cache, hidden_states[:, 0])
             cache.num_tokens += 1
+            cache.started.fill_(True)  # every row took a real token
             output = SeRpEntModelOutput(last_hidden_state=hidden_states.unsqueeze(1), **{CACHE_NAME: cache},
                                         compressed_lengths=lengths, deltas=deltas if output_deltas else None)
             return output if return_dict else output.to_tuple()
 
         layers = self.run_layers(hidden_states, valid, cache, keep_state=use_cache or cache is not None)
+        # The rows with a real token in this chunk (every row unless the mask or an empty chunk says otherwise).
+        started = valid.any(dim=1) if valid is not None else torch.full(
+            (len(hidden_states),), length > 0, dtype=torch.bool, device=hidden_states.device)
         if cache is not None:
             cache.layer_states, cache.selectivity_state = layers.states, layers.selectivity_state
             cache.decode_step = None  # a captured CUDA graph points at the replaced tensors
             cache.num_tokens += length
+            cache.started = cache.started | started
         elif use_cache:
-            cache = SeRpEntCache(self.config, layers.states, num_tokens=length,
+            cache = SeRpEntCache(self.config, layers.states, started, num_tokens=length,
                                  selectivity_state=layers.selectivity_state)
         output = SeRpEntModelOutput(
             last_hidden_state=layers.hidden_states,

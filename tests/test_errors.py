@@ -76,6 +76,36 @@ def test_padding_between_real_tokens_is_refused_and_padding_at_either_end_is_not
             model(ids[:, 5:], cache=cache, attention_mask=torch.cat([right[:, :5], torch.tensor([[0, 1, 1]] * 2)], 1))
 
 
+def test_a_new_chunk_mask_starting_with_padding_is_refused_only_in_rows_the_cache_has_started(model):
+    """Given the mask of the new chunk alone, padding at its start lies between real tokens in a row whose cache holds
+    real tokens (refused, as the whole sequence's mask is), and is left padding in a row that has none yet: that row
+    continues exactly as in one pass, and so does every row after a step, a beam reorder or a row selection."""
+    ids = torch.randint(3, 97, (2, 12))
+    first = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])  # row 0 is all padding so far
+    second = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    with torch.no_grad():
+        cache = cache_of(model(ids[:, :4], attention_mask=first, use_cache=True))
+        assert cache.started.tolist() == [False, True]
+        with pytest.raises(ValueError, match=r"row 1, position 0 \(the cache holds real tokens of this row\)"):
+            model(ids[:, 4:10], cache=cache, attention_mask=second.flip(0))
+        chunked = model(ids[:, 4:10], cache=cache, attention_mask=second).logits
+        whole = model(ids[:, :10], attention_mask=torch.cat([first, second], 1)).logits
+        torch.testing.assert_close(chunked[0, 2:], whole[0, 6:], rtol=0, atol=1e-5)
+        torch.testing.assert_close(chunked[1], whole[1, 4:], rtol=0, atol=1e-5)
+        assert cache.started.tolist() == [True, True]
+        with pytest.raises(ValueError, match=r"row 0, position 0"):
+            model(ids[:, 10:], cache=cache, attention_mask=torch.tensor([[0, 1], [1, 1]]))
+
+        fresh = model.model.empty_cache(2)  # a step takes a real token in every row
+        model(ids[:, :1], cache=fresh)
+        assert fresh.started.tolist() == [True, True]
+        fresh.reorder_cache(torch.tensor([1, 1]))
+        fresh.batch_select_indices(torch.tensor([0]))
+        assert fresh.started.tolist() == [True]
+        with pytest.raises(ValueError, match=r"row 0, position 0"):
+            model(ids[:1, 1:3], cache=fresh, attention_mask=torch.tensor([[0, 1]]))
+
+
 def test_input_ids_and_embeddings_together_are_refused(model):
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model(torch.tensor([[5]]), inputs_embeds=torch.zeros(1, 1, 32))
