@@ -2,8 +2,9 @@
 
 It holds, per layer and branch, the state of DESIGN.md section 3 (`modeling.state`): last K
 elements and their times, the clock, the emitted count, the SSM conv and ssm states and the
-last compressed output; and which rows have consumed a real token (for the input checks). Its size is
-fixed by the batch size and the config; it never grows with the number of generated tokens. Each decoding step advances these tensors in place.
+last compressed output; and which rows have consumed a real token (for the input checks). Its
+size is fixed by the batch size and the config; it never grows with the number of generated
+tokens. Each decoding step advances these tensors in place.
 
 It deliberately does not subclass transformers' `Cache`: the attention-cache internals
 (`cache_position`, `get_seq_length` on linear layers, layer classes) changed between
