@@ -68,7 +68,7 @@ def measure(checkpoint, text, length, sequences):
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = torch.tensor(tokenizer(text)["input_ids"])
-    compressed = [index for index, rate in enumerate(model.config.compression_rates) if rate < 1.0]
+    compressed = list(model.config.compressed_branches)
     rows, started = [], time.perf_counter()
     for index in range(sequences):
         chunk = ids[index * length : (index + 1) * length].unsqueeze(0)

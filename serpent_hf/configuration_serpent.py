@@ -196,7 +196,7 @@ class SeRpEntConfig(PretrainedConfig):
             raise ValueError(f"SeRpEntConfig.rate_loss_coef must be >= 0, got {self.rate_loss_coef}")
         if not 0.0 <= self.rate_loss_budget < 1.0:
             raise ValueError(f"SeRpEntConfig.rate_loss_budget must be in [0, 1), got {self.rate_loss_budget}")
-        if self.rate_loss_coef > 0.0 and not any(rate < 1.0 for rate in rates):
+        if self.rate_loss_coef > 0.0 and not self.compressed_branches:
             raise ValueError(
                 f"SeRpEntConfig.rate_loss_coef = {self.rate_loss_coef} needs a compressed branch (a rate κ < 1 in "
                 f"compression_rates, got {rates}): the rate term charges compressed branches only"
