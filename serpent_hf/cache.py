@@ -80,6 +80,19 @@ class SeRpEntCache:
     def get_seq_length(self, layer_idx=0):
         return self.num_tokens
 
+    def record_chunk(self, layer_states, selectivity_state, length, started):
+        """After a forward pass over `length` more elements: its final states (new tensors, which a captured CUDA
+        graph does not point at), the count, and the rows with a real token among them (started (b,) bool)."""
+        self.layer_states, self.selectivity_state = layer_states, selectivity_state
+        self.decode_step = None
+        self.num_tokens += length
+        self.started = self.started | started
+
+    def record_step(self):
+        """After a decoding step, which advanced the states in place: one more token, a real one in every row."""
+        self.num_tokens += 1
+        self.started.fill_(True)
+
     def check_compatible(self, config, batch_size):
         """Raise a ValueError naming the mismatch if this cache cannot continue `config` at this batch size."""
         expected = config_signature(config)

@@ -384,8 +384,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         # asked for the hidden states runs as a chunk of length one (the same numbers, exact; slower).
         if self._is_decoding_step(cache, length, valid, checkpointing) and not output_hidden_states:
             hidden_states, lengths, deltas = decode_one_token(self, cache, hidden_states[:, 0])
-            cache.num_tokens += 1
-            cache.started.fill_(True)  # every row took a real token
+            cache.record_step()
             output = SeRpEntModelOutput(last_hidden_state=hidden_states.unsqueeze(1), **{CACHE_NAME: cache},
                                         compressed_lengths=lengths, deltas=deltas if output_deltas else None)
             return output if return_dict else output.to_tuple()
@@ -395,10 +394,7 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
         started = valid.any(dim=1) if valid is not None else torch.full(
             (len(hidden_states),), length > 0, dtype=torch.bool, device=hidden_states.device)
         if cache is not None:
-            cache.layer_states, cache.selectivity_state = layers.states, layers.selectivity_state
-            cache.decode_step = None  # a captured CUDA graph points at the replaced tensors
-            cache.num_tokens += length
-            cache.started = cache.started | started
+            cache.record_chunk(layers.states, layers.selectivity_state, length, started)
         elif use_cache:
             cache = SeRpEntCache(self.config, layers.states, started, num_tokens=length,
                                  selectivity_state=layers.selectivity_state)
