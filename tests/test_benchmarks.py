@@ -101,3 +101,38 @@ def test_copy_accuracy_scores_the_copies_and_nothing_else():
     elsewhere = perfect.clone()
     elsewhere[:, :20] = True  # wrong on the filler, which is not scored
     assert sparse_copying.copy_accuracy(Copier(elsewhere), ids, labels, 3) == (1.0, 1.0)
+
+
+def test_spearman_ranks_ties_as_their_average_and_reads_any_monotone_map_as_one():
+    import statistics
+
+    import delta_information
+
+    x = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0])
+    y = torch.tensor([30.0, 10.0, 25.0, 20.0, 1.0])
+    by_hand = statistics.correlation([4, 1, 2.5, 2.5, 5], [5, 2, 4, 3, 1])  # average ranks, Pearson
+    assert delta_information.spearman(x, y) == pytest.approx(by_hand, abs=1e-12)
+    values = torch.randn(200, dtype=torch.float64)
+    assert delta_information.spearman(values, values.exp()) == pytest.approx(1.0)
+    assert delta_information.spearman(values, -values**3) == pytest.approx(-1.0)
+
+
+@pytest.mark.slow
+def test_delta_information_scores_the_reference_as_its_evaluation_did(tmp_path):
+    """The contextual surprisal is the reference's loss on the blocks the runs were evaluated on, aligned so that
+    token t is scored from the tokens before it: its mean is the reference run's own evaluation loss."""
+    run_script("context_length.py", CORPUS, "--output_dir", tmp_path, "--block_sizes", 32, "--tokens_per_step", 64,
+               "--max_steps", 2, "--eval_steps", 2, "--held_out", 2, "--seeds", 0, 1, "--arms", "study-serpent-slow",
+               "study-mamba-4L", cwd=tmp_path)
+    runs = [tmp_path / "block32" / "study-serpent-slow" / f"seed{seed}" for seed in (0, 1)]
+    reference = tmp_path / "block32" / "study-mamba-4L" / "seed0"
+    run_script("delta_information.py", CORPUS, "--runs", *runs, "--reference", reference, "--held_out", 2,
+               "--output_dir", tmp_path / "information", cwd=tmp_path)
+    results = json.loads((tmp_path / "information" / "delta_information.json").read_text())
+    evaluated = json.loads((reference / "eval_results.json").read_text())["eval_loss"]
+    assert results["reference_loss"] == pytest.approx(evaluated, rel=1e-4)
+    assert [len(run["branches"]) for run in results["runs"]] == [2 * 4, 2 * 4]  # 2 compressed branches, 4 layers
+    for branch in results["runs"][0]["branches"]:
+        assert -1 <= branch["spearman_contextual"] <= 1 and len(branch["delta_by_contextual_decile"]) == 10
+        assert branch["rate"] <= branch["M_over_L"] <= 1
+    assert (tmp_path / "information" / "delta_information.png").stat().st_size > 0
