@@ -81,6 +81,12 @@ def held_out_lines(data, held_out):
     return hold_out_articles(lines, held_out)[1]
 
 
+def held_out_blocks(lines, tokenizer, block_size):
+    """The blocks the Trainer evaluated: the held-out lines tokenised, concatenated and cut as train_lm cuts them."""
+    validation = DatasetDict(validation=Dataset.from_dict({"text": lines}))
+    return torch.tensor(group_into_blocks(validation, tokenizer, block_size)["validation"]["input_ids"])
+
+
 def position_scores(directory, lines, block_size, buckets):
     """loss_by_position of the run in `directory` on `text`, cached in position_eval.json beside it."""
     cache = directory / "position_eval.json"
@@ -89,10 +95,7 @@ def position_scores(directory, lines, block_size, buckets):
         if cached["buckets"] == buckets and cached["block_size"] == block_size:
             return cached
     model, tokenizer = load_checkpoint(str(directory)), load_tokenizer(str(directory))
-    # the blocks the Trainer evaluated: the held-out lines tokenised, concatenated and cut as train_lm cuts them
-    validation = DatasetDict(validation=Dataset.from_dict({"text": lines}))
-    blocks = group_into_blocks(validation, tokenizer, block_size)["validation"]["input_ids"]
-    scores = loss_by_position(model, torch.tensor(blocks), buckets)
+    scores = loss_by_position(model, held_out_blocks(lines, tokenizer, block_size), buckets)
     cache.write_text(json.dumps(scores, indent=2) + "\n")
     return scores
 

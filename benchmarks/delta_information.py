@@ -32,10 +32,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from datasets import Dataset, DatasetDict  # noqa: E402
 
+from context_length import held_out_blocks, mean_std  # noqa: E402
 from quality_wikitext import read_articles  # noqa: E402
-from serpent_hf.training.data import group_into_blocks, hold_out_articles, load_tokenizer  # noqa: E402
+from serpent_hf.training.data import hold_out_articles, load_tokenizer  # noqa: E402
 from serpent_hf.training.models import load_checkpoint  # noqa: E402
 
 DECILES = 10
@@ -69,12 +69,6 @@ def spearman(x, y):
 
 def block_size_of(run):
     return json.loads((Path(run) / "train_results.json").read_text())["train_block_size"]
-
-
-def held_out_blocks(lines, tokenizer, block_size):
-    """The blocks the Trainer evaluated: the held-out lines tokenised, concatenated and cut as train_lm cuts them."""
-    validation = DatasetDict(validation=Dataset.from_dict({"text": lines}))
-    return torch.tensor(group_into_blocks(validation, tokenizer, block_size)["validation"]["input_ids"])
 
 
 def unigram_surprisal(training_lines, tokenizer):
@@ -124,10 +118,6 @@ def analyse_run(run, blocks, unigram, contextual):
                 "delta_by_contextual_decile": [float(delta[deciles == d].mean()) for d in range(DECILES)],
             })
     return {"run": str(run), "branches": branches}
-
-
-def mean_std(values):
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def summarise(runs):

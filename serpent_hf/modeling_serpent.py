@@ -389,15 +389,17 @@ class SeRpEntModel(SeRpEntPreTrainedModel):
                                         compressed_lengths=lengths, deltas=deltas if output_deltas else None)
             return output if return_dict else output.to_tuple()
 
-        layers = self.run_layers(hidden_states, valid, cache, keep_state=use_cache or cache is not None)
-        # The rows with a real token in this chunk (every row unless the mask or an empty chunk says otherwise).
-        started = valid.any(dim=1) if valid is not None else torch.full(
-            (len(hidden_states),), length > 0, dtype=torch.bool, device=hidden_states.device)
-        if cache is not None:
-            cache.record_chunk(layers.states, layers.selectivity_state, length, started)
-        elif use_cache:
-            cache = SeRpEntCache(self.config, layers.states, started, num_tokens=length,
-                                 selectivity_state=layers.selectivity_state)
+        keep_state = use_cache or cache is not None
+        layers = self.run_layers(hidden_states, valid, cache, keep_state=keep_state)
+        if keep_state:
+            # The rows with a real token in this chunk (every row unless the mask or an empty chunk says otherwise).
+            started = valid.any(dim=1) if valid is not None else torch.full(
+                (len(hidden_states),), length > 0, dtype=torch.bool, device=hidden_states.device)
+            if cache is None:
+                cache = SeRpEntCache(self.config, layers.states, started, num_tokens=length,
+                                     selectivity_state=layers.selectivity_state)
+            else:
+                cache.record_chunk(layers.states, layers.selectivity_state, length, started)
         output = SeRpEntModelOutput(
             last_hidden_state=layers.hidden_states,
             **{CACHE_NAME: cache},
