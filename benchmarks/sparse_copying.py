@@ -13,11 +13,19 @@ included) on examples generated from the seed; every length and seed is a separa
 
     python benchmarks/sparse_copying.py --lengths 64 256 --seeds 0 1 2     # one content token, 600 steps of 32
     python benchmarks/sparse_copying.py --summarise_only        # JSON and plots of finished runs
+    python benchmarks/sparse_copying.py --lengths 64 --seeds 5 --extrapolate_to 256 1024 4096
+
+Extrapolation (`--extrapolate_to`): each trained model (saved in its run's folder) is also tested, without further
+training, on examples with longer filler. A model that has learned to skip filler copies as well at any length;
+one whose state decays with distance loses the token. This asks the paper's question (does resampling reach further?)
+of models that solved the task at a length every arm can learn, instead of training at lengths none of them learns.
 
 Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
 over seeds, and how many seeds copy at least 90%; for each SeRpEnt arm, Δ of every compressed branch on one
-example, content positions marked; M/L per branch).
-A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes.
+example, content positions marked; M/L per branch), and with --extrapolate_to, sparse_copying_extrapolation.png
+(each solved run's accuracy against test length).
+A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes; lengths missing
+from a finished run's extrapolation are tested from its saved model.
 """
 
 import argparse
@@ -94,12 +102,32 @@ def copy_accuracy(model, ids, labels, batch_size):
     return float(torch.cat(right).mean()), float(torch.cat(whole).mean())
 
 
+def test_examples(args, length, seed):
+    """Held-out examples of one length, the same for every model (their own seed: no training example)."""
+    return make_examples(args.test_examples, length, args.content, args.vocabulary,
+                         torch.Generator().manual_seed(10_000 + seed))
+
+
+def extrapolate(model, args, result, directory):
+    """Copy accuracy of a trained model at every length of --extrapolate_to it has not been tested at yet, and M/L
+    per compressed branch at the longest; written into result.json as it goes (long lengths take minutes)."""
+    tested = result.setdefault("extrapolation", {})
+    for length in sorted(set(args.extrapolate_to) - {int(n) for n in tested}):
+        started = time.perf_counter()
+        ids, labels, positions = test_examples(args, length, result["seed"])
+        accuracy, _ = copy_accuracy(model, ids, labels, args.batch_size)
+        tested[str(length)] = accuracy
+        print(f"  at length {length}: copy accuracy {accuracy:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        if length == max(args.extrapolate_to) and "example" in result:
+            result["example_longest"] = delta_example(model, ids[:1], positions[0])
+        (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def train_one(args, name, length, seed, directory):
     generator = torch.Generator().manual_seed(seed)
     ids, labels, _ = make_examples(args.max_steps * args.batch_size, length, args.content, args.vocabulary, generator)
-    test_generator = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, the same for both models
-    test_ids, test_labels, test_positions = make_examples(args.test_examples, length, args.content, args.vocabulary,
-                                                          test_generator)
+    test_ids, test_labels, test_positions = test_examples(args, length, seed)
     model = build_model(name, args.vocabulary, seed, args.rate_loss_coef)
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
     training_args = TrainingArguments(
@@ -119,6 +147,7 @@ def train_one(args, name, length, seed, directory):
     if any(rate < 1 for rate in model.config.compression_rates):
         result["example"] = delta_example(model, test_ids[:1], test_positions[0])
     directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory / "model")
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -153,6 +182,13 @@ def summarise(results):
                 "seeds_solved": sum(value >= SOLVED for value in values),
                 "sequence_accuracy": statistics.fmean(run["sequence_accuracy"] for run in runs),
                 "train_seconds": statistics.fmean(run["train_seconds"] for run in runs)}
+            solved = [run for run in runs if run["copy_accuracy"] >= SOLVED and "extrapolation" in run]
+            if solved:  # how far the runs that learned the task carry it (the others stay at chance at any length)
+                summary[name][length]["extrapolation_of_solved_runs"] = {
+                    test_length: {"copy_accuracy": statistics.fmean(run["extrapolation"][test_length] for run in solved),
+                                  "still_solved": sum(run["extrapolation"][test_length] >= SOLVED for run in solved),
+                                  "of": len(solved)}
+                    for test_length in sorted(solved[0]["extrapolation"], key=int)}
             if "example" in runs[0]:
                 keys = runs[0]["example"]["M_over_L"]
                 summary[name][length]["M_over_L"] = {key: statistics.fmean(run["example"]["M_over_L"][key] for run in runs)
@@ -193,6 +229,32 @@ def plot(summary, results, path):
     plt.close(figure)
 
 
+def plot_extrapolation(results, path):
+    """Copy accuracy against test length, one line per run (colour: the arm; solid: the run solved its training
+    length, the line's first point; faint: it did not)."""
+    names = sorted({result["model"] for result in results})
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for result in results:
+        if "extrapolation" not in result:
+            continue
+        points = sorted([(result["length"], result["copy_accuracy"])]
+                        + [(int(n), value) for n, value in result["extrapolation"].items()])
+        solved = result["copy_accuracy"] >= SOLVED
+        axis.plot(*zip(*points), "o-" if solved else "o:", color=f"C{names.index(result['model'])}",
+                  alpha=0.8 if solved else 0.25, linewidth=1.2 if solved else 0.8)
+    for index, name in enumerate(names):
+        axis.plot([], [], "o-", color=f"C{index}", label=name)
+    axis.axhline(SOLVED, color="grey", linestyle=":", linewidth=1)
+    axis.set(xscale="log", xlabel="filler length at test (first point of each line: its training length)",
+             ylabel="copied tokens right (held-out)", ylim=(0, 1.02),
+             title="Selective copying: trained at one length, tested longer (faint: not solved when trained)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def parse():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/sparse-copying")
@@ -207,6 +269,8 @@ def parse():
     parser.add_argument("--rate_loss_coef", type=float, default=None,
                         help="the rate term's weight in serpent-rate (default: MODELS' 1.0)")
     parser.add_argument("--test_examples", type=int, default=256)
+    parser.add_argument("--extrapolate_to", type=int, nargs="*", default=[],
+                        help="also test each trained model, without training, at these filler lengths")
     parser.add_argument("--summarise_only", action="store_true")
     return parser.parse_args()
 
@@ -220,12 +284,17 @@ def main():
             for name in args.models:
                 directory = output_dir / f"length{length}" / name / f"seed{seed}"
                 if (directory / "result.json").is_file():
-                    results.append(json.loads((directory / "result.json").read_text()))
-                elif not args.summarise_only:
+                    result = json.loads((directory / "result.json").read_text())
+                elif args.summarise_only:
+                    continue
+                else:
                     print(f"training {name} at length {length}, seed {seed}", flush=True)
-                    results.append(train_one(args, name, length, seed, directory))
-                    print(f"  copy accuracy {results[-1]['copy_accuracy']:.3f} in {results[-1]['train_seconds']:.0f} s",
-                          flush=True)
+                    result = train_one(args, name, length, seed, directory)
+                    print(f"  copy accuracy {result['copy_accuracy']:.3f} in {result['train_seconds']:.0f} s", flush=True)
+                if args.extrapolate_to and not args.summarise_only and (directory / "model").is_dir():
+                    model = SeRpEntForCausalLM.from_pretrained(directory / "model")
+                    result = extrapolate(model, args, result, directory)
+                results.append(result)
     summary = summarise(results)
     for name, by_length in summary.items():
         for length, row in by_length.items():
@@ -235,7 +304,9 @@ def main():
     output = {"options": vars(args), "summary": summary, "runs": results}
     (output_dir / "sparse_copying.json").write_text(json.dumps(output, indent=2) + "\n")
     plot(summary, results, output_dir / "sparse_copying.png")
-    print(f"wrote {output_dir / 'sparse_copying.json'} and {output_dir / 'sparse_copying.png'}")
+    if any("extrapolation" in result for result in results):
+        plot_extrapolation(results, output_dir / "sparse_copying_extrapolation.png")
+    print(f"wrote {output_dir / 'sparse_copying.json'} and its plots")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,52 @@ def test_copy_accuracy_scores_the_copies_and_nothing_else():
     assert sparse_copying.copy_accuracy(Copier(elsewhere), ids, labels, 3) == (1.0, 1.0)
 
 
+def test_extrapolation_scores_each_new_length_once_on_examples_every_model_shares(tmp_path):
+    """A copier that reaches `reach` tokens back scores the share of held-out examples whose content token lies that
+    close to the marker, at every test length; a length already in result.json is not tested again."""
+    reach = 100
+
+    class ShortSighted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lengths = []
+
+        def forward(self, input_ids):
+            self.lengths.append(input_ids.shape[1])
+            length = input_ids.shape[1] - 2  # filler, the marker, one copy
+            content = input_ids[:, :length]
+            position = (content != sparse_copying.FILLER).float().argmax(dim=1)
+            logits = torch.zeros(*input_ids.shape, 16)
+            seen = length - position <= reach
+            logits[seen, length, content[seen, position[seen]]] = 1.0
+            logits[~seen, length, sparse_copying.FILLER] = 1.0
+            return SimpleNamespace(logits=logits)
+
+    args = SimpleNamespace(test_examples=64, content=1, vocabulary=8, batch_size=16, extrapolate_to=[64, 512, 2048])
+    result = {"seed": 3, "extrapolation": {"64": 0.5}}
+    model = ShortSighted()
+    sparse_copying.extrapolate(model, args, result, tmp_path)
+    assert set(model.lengths) == {512 + 2, 2048 + 2}  # 64 was already tested
+    for length in (512, 2048):
+        _, _, positions = sparse_copying.test_examples(args, length, 3)
+        expected = float((length - positions[:, 0] <= reach).float().mean())
+        assert result["extrapolation"][str(length)] == expected
+        assert 0 < expected < 1
+    assert json.loads((tmp_path / "result.json").read_text())["extrapolation"] == result["extrapolation"]
+    assert result["extrapolation"]["64"] == 0.5
+    again = sparse_copying.test_examples(args, 512, 3)
+    assert all(torch.equal(a, b) for a, b in zip(again, sparse_copying.test_examples(args, 512, 3)))
+
+
+def test_extrapolation_summary_follows_the_runs_that_solved_their_training_length():
+    runs = [{"model": "m", "length": 64, "seed": seed, "parameters": 1, "copy_accuracy": accuracy,
+             "sequence_accuracy": accuracy, "train_seconds": 1.0, "extrapolation": {"256": far, "1024": far / 2}}
+            for seed, (accuracy, far) in enumerate([(1.0, 1.0), (0.95, 0.5), (0.2, 0.9)])]
+    row = sparse_copying.summarise(runs)["m"][64]["extrapolation_of_solved_runs"]
+    assert row["256"] == {"copy_accuracy": 0.75, "still_solved": 1, "of": 2}  # the unsolved run is left out
+    assert row["1024"] == {"copy_accuracy": 0.375, "still_solved": 0, "of": 2}
+
+
 def test_spearman_ranks_ties_as_their_average_and_reads_any_monotone_map_as_one():
     import statistics
 
