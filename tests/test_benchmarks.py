@@ -61,6 +61,29 @@ def test_the_context_sweep_holds_tokens_per_step_and_its_positions_average_to_th
             assert row["flops_per_token"] > 0
     assert (tmp_path / "context_length.png").stat().st_size > 0
 
+    # The same runs read at four times their training block (context_extrapolation.py).
+    output = tmp_path / "extrapolation" / "x.json"
+    run_script("context_extrapolation.py", CORPUS, "--runs_dir", tmp_path, "--trained_block", 32, "--test_block", 128,
+               "--held_out", 2, "--seeds", 0, "--arms", "study-serpent-slow", "study-mamba-4L", "--output", output,
+               cwd=tmp_path)
+    extrapolation = json.loads(output.read_text())
+    assert extrapolation["buckets_upper"] == [16, 32, 64, 128]
+    for arm, row in extrapolation["arms"].items():
+        buckets = row["runs"]["0"]["buckets"]
+        assert [b["name"] for b in buckets] == ["1-16", "17-32", "33-64", "65-127"]
+        past = (buckets[2]["loss"] * buckets[2]["tokens"] + buckets[3]["loss"] * buckets[3]["tokens"]) / (
+            buckets[2]["tokens"] + buckets[3]["tokens"])
+        assert row["penalty"]["mean"] == pytest.approx(past - buckets[1]["loss"])
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
+def test_extrapolation_buckets_split_at_the_training_length_and_double_past_it():
+    import context_extrapolation
+
+    assert context_extrapolation.buckets_for(1024, 4096) == [512, 1024, 2048, 4096]
+    assert context_extrapolation.buckets_for(2048, 16384) == [1024, 2048, 4096, 8192, 16384]
+    assert context_extrapolation.buckets_for(1024, 3000) == [512, 1024, 2048, 3000]
+
 
 def test_a_copying_example_holds_its_content_in_order_after_the_marker():
     ids, labels, positions = sparse_copying.make_examples(5, 40, 3, 6, torch.Generator().manual_seed(0))
