@@ -68,18 +68,34 @@ def score_run(directory, lines, test_block, buckets):
 
 
 def plot(results, path):
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for index, (arm, row) in enumerate(results["arms"].items()):
-        for seed, scores in row["runs"].items():
-            axis.plot(scores["loss_curve_positions"], scores["loss_curve"], color=f"C{index}", alpha=0.8,
-                      linewidth=1, label=f"{arm} (penalty {row['penalty']['mean']:+.3f} ± {row['penalty']['std']:.3f})"
-                      if seed == next(iter(row["runs"])) else None)
-    axis.axvline(results["trained_block"], color="black", linestyle="--", linewidth=1, label="training length")
-    axis.set(xscale="log", xlabel="position in the test block (tokens of context)",
+    """Loss against position, one line a seed (left), and the first arm's loss minus the second's on the same
+    tokens, mean over seeds (right): the text's own ups and downs, which dominate the left panel, cancel there."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
+    arms = list(results["arms"].items())
+    for index, (arm, row) in enumerate(arms):
+        for number, scores in enumerate(row["runs"].values()):
+            left.plot(scores["loss_curve_positions"], scores["loss_curve"], color=f"C{index}", alpha=0.8, linewidth=1,
+                      label=None if number else f"{arm} (penalty {row['penalty']['mean']:+.3f} ± "
+                                                f"{row['penalty']['std']:.3f})")
+    if len(arms) == 2:
+        (first, first_row), (second, second_row) = arms
+        curves = [[a - b for a, b in zip(run["loss_curve"], other["loss_curve"])]
+                  for run, other in zip(first_row["runs"].values(), second_row["runs"].values())]
+        positions = next(iter(first_row["runs"].values()))["loss_curve_positions"]
+        mean = [sum(column) / len(column) for column in zip(*curves)]
+        right.plot(positions, mean, color="C2", label=f"{first} minus {second}, mean over seeds")
+        right.axhline(0.0, color="grey", linewidth=1)
+        right.axvline(results["trained_block"], color="black", linestyle="--", linewidth=1, label="training length")
+        right.set(xscale="log", xlabel="position in the test block (tokens of context)",
+                  ylabel="loss difference (nats / token)", title="Loss difference on the same tokens")
+        right.legend(fontsize=8)
+        right.grid(alpha=0.3)
+    left.axvline(results["trained_block"], color="black", linestyle="--", linewidth=1, label="training length")
+    left.set(xscale="log", xlabel="position in the test block (tokens of context)",
              ylabel="held-out cross-entropy (nats / token)",
              title=f"Trained on blocks of {results['trained_block']}, read at {results['test_block']} (one line a seed)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
