@@ -182,13 +182,16 @@ def summarise(results):
                 "seeds_solved": sum(value >= SOLVED for value in values),
                 "sequence_accuracy": statistics.fmean(run["sequence_accuracy"] for run in runs),
                 "train_seconds": statistics.fmean(run["train_seconds"] for run in runs)}
-            solved = [run for run in runs if run["copy_accuracy"] >= SOLVED and "extrapolation" in run]
-            if solved:  # how far the runs that learned the task carry it (the others stay at chance at any length)
+            # How far the runs that learned the task carry it (the others stay near chance at any length); a run still
+            # being tested counts at the lengths it has reached.
+            solved = [run["extrapolation"] for run in runs if run["copy_accuracy"] >= SOLVED and "extrapolation" in run]
+            if solved:
+                tested = sorted({test_length for run in solved for test_length in run}, key=int)
                 summary[name][length]["extrapolation_of_solved_runs"] = {
-                    test_length: {"copy_accuracy": statistics.fmean(run["extrapolation"][test_length] for run in solved),
-                                  "still_solved": sum(run["extrapolation"][test_length] >= SOLVED for run in solved),
-                                  "of": len(solved)}
-                    for test_length in sorted(solved[0]["extrapolation"], key=int)}
+                    test_length: {"copy_accuracy": statistics.fmean(values), "of": len(values),
+                                  "still_solved": sum(value >= SOLVED for value in values)}
+                    for test_length in tested
+                    for values in [[run[test_length] for run in solved if test_length in run]]}
             if "example" in runs[0]:
                 keys = runs[0]["example"]["M_over_L"]
                 summary[name][length]["M_over_L"] = {key: statistics.fmean(run["example"]["M_over_L"][key] for run in runs)
@@ -301,7 +304,11 @@ def main():
             print(f"{name:8s} length {length:5d}: copy accuracy {row['copy_accuracy']['mean']:.3f} ± "
                   f"{row['copy_accuracy']['std']:.3f}, {row['seeds_solved']} of {row['seeds']} seeds >= {SOLVED}, "
                   f"{row['train_seconds']:.0f} s")
+            for test_length, cell in row.get("extrapolation_of_solved_runs", {}).items():
+                print(f"    its solved runs at length {test_length}: copy accuracy {cell['copy_accuracy']:.3f}, "
+                      f"{cell['still_solved']} of {cell['of']} still >= {SOLVED}")
     output = {"options": vars(args), "summary": summary, "runs": results}
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "sparse_copying.json").write_text(json.dumps(output, indent=2) + "\n")
     plot(summary, results, output_dir / "sparse_copying.png")
     if any("extrapolation" in result for result in results):
