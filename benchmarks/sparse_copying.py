@@ -23,7 +23,7 @@ of models that solved the task at a length every arm can learn, instead of train
 Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
 over seeds, and how many seeds copy at least 90%; for each SeRpEnt arm, Δ of every compressed branch on one
 example, content positions marked; M/L per branch), and with --extrapolate_to, sparse_copying_extrapolation.png
-(each solved run's accuracy against test length).
+(every run's accuracy against test length; solid: solved at its training length).
 A finished run (its result.json exists) is not trained again, so an interrupted sweep resumes; lengths missing
 from a finished run's extrapolation are tested from its saved model.
 """
