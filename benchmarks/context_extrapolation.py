@@ -13,7 +13,8 @@ block several times their training block.
 Both models read the same held-out blocks (context_length.py's held-out articles, cut into test-block pieces).
 The penalty of a run is its mean loss past the training length minus its mean loss over the last bucket before
 it (positions L/2 + 1 .. L): how much worse a token gets once its context is longer than any seen in training.
-Writes the JSON and a plot beside it (loss against position, the training length marked).
+Writes the JSON and a plot beside it: loss against position, and the first arm's loss minus the second's on the
+same tokens (the training length marked in both).
 """
 
 import argparse
