@@ -26,11 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from context_length import held_out_blocks, held_out_lines, mean_std, run_directory  # noqa: E402
+from context_length import held_out_lines, mean_std, position_scores, run_directory  # noqa: E402
 from quality_wikitext import read_articles  # noqa: E402
-from serpent_hf.training.data import load_tokenizer  # noqa: E402
-from serpent_hf.training.evaluation import loss_by_position  # noqa: E402
-from serpent_hf.training.models import load_checkpoint  # noqa: E402
 
 
 def buckets_for(trained_block, test_block):
@@ -53,19 +50,6 @@ def penalty(scores, trained_block):
         return sum(b["loss"] * b["tokens"] for b in buckets) / sum(b["tokens"] for b in buckets)
 
     return mean(past) - mean(inside)
-
-
-def score_run(directory, lines, test_block, buckets):
-    """loss_by_position of one trained run at the test block, cached beside the run."""
-    cache = directory / f"extrapolation_{test_block}.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached["buckets_upper"] == buckets:
-            return cached
-    model, tokenizer = load_checkpoint(str(directory)), load_tokenizer(str(directory))
-    scores = loss_by_position(model, held_out_blocks(lines, tokenizer, test_block), buckets)
-    cache.write_text(json.dumps(scores, indent=2) + "\n")
-    return scores
 
 
 def plot(results, path):
@@ -132,7 +116,8 @@ def main():
             if not (directory / "model.safetensors").is_file():
                 print(f"no trained model in {directory}; left out")
                 continue
-            runs[seed] = score_run(directory, lines, args.test_block, buckets)
+            runs[seed] = position_scores(directory, lines, args.test_block, buckets,
+                                         cache_name=f"extrapolation_{args.test_block}.json")
             print(f"{arm} seed {seed}: " + ", ".join(f"{b['name']} {b['loss']:.3f}" for b in runs[seed]["buckets"]),
                   flush=True)
         if runs:

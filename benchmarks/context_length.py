@@ -87,12 +87,13 @@ def held_out_blocks(lines, tokenizer, block_size):
     return torch.tensor(group_into_blocks(validation, tokenizer, block_size)["validation"]["input_ids"])
 
 
-def position_scores(directory, lines, block_size, buckets):
-    """loss_by_position of the run in `directory` on `text`, cached in position_eval.json beside it."""
-    cache = directory / "position_eval.json"
+def position_scores(directory, lines, block_size, buckets, cache_name="position_eval.json"):
+    """loss_by_position of the run in `directory` on the held-out lines cut into blocks of block_size, cached in
+    cache_name beside it."""
+    cache = directory / cache_name
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached["buckets"] == buckets and cached["block_size"] == block_size:
+        if cached["buckets_upper"] == list(buckets) and cached["block_size"] == block_size:
             return cached
     model, tokenizer = load_checkpoint(str(directory)), load_tokenizer(str(directory))
     scores = loss_by_position(model, held_out_blocks(lines, tokenizer, block_size), buckets)
