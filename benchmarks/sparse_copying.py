@@ -61,9 +61,9 @@ MODELS = {
                      "delta_source": "embedding", "projection_init": "identity", "rate_loss_coef": 1.0},
     # Δ lies in [κ, 1], so a κ = 0.25 branch still spends one sample per four filler tokens and cannot skip filler.
     # The skip arms give one branch κ = 1/32 or 1/256 (the rate term holds it near that rate): filler may cost 1/32
-    # (1/256) of a sample, so the branch's SSM carries content across 32x (256x) the filler in the same steps. With K = 4 a sample reads
-    # only the 4 elements before its emitter, and a content token that emits no sample of its own is never seen;
-    # "-k32" widens the window to cover every element between two samples at the floor rate.
+    # (1/256) of a sample, so the branch's SSM carries content across 32x (256x) the filler in the same steps.
+    # With K = 4 a sample reads only the 4 elements before its emitter, and a content token that emits no sample of
+    # its own is never seen; "-k32" widens the window to cover every element between two samples at the floor rate.
     "serpent-skip": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8,
                      "compression_rates": [1.0, 0.25, 0.03125], "delta_source": "embedding",
                      "projection_init": "identity", "rate_loss_coef": 1.0},
