@@ -52,27 +52,22 @@ IGNORE = -100
 # Equal parameter count (within 1%): one SeRpEnt block holds about 3.5 Mamba layers' parameters.
 # "mamba-2L" is a control, not a contender: SeRpEnt's depth and width without its compressed branches (a third of
 # its parameters). If it copies as well as SeRpEnt, the gain comes from the shallower network, not from resampling.
+SERPENT = {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
+           "delta_source": "embedding", "projection_init": "identity"}
+# SeRpEnt with the rate term (modeling/rate_loss.py, budget 0.1 of the free range): filler must earn its samples
+# (coefficient: --rate_loss_coef).
+SERPENT_RATE = {**SERPENT, "rate_loss_coef": 1.0}
 MODELS = {
-    "serpent": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
-                "delta_source": "embedding", "projection_init": "identity"},
-    # SeRpEnt with the rate term (modeling/rate_loss.py, budget 0.1 of the free range): filler must earn its samples
-    # (coefficient: --rate_loss_coef).
-    "serpent-rate": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0, 0.5, 0.25],
-                     "delta_source": "embedding", "projection_init": "identity", "rate_loss_coef": 1.0},
+    "serpent": SERPENT,
+    "serpent-rate": SERPENT_RATE,
     # Δ lies in [κ, 1], so a κ = 0.25 branch still spends one sample per four filler tokens and cannot skip filler.
     # The skip arms give one branch κ = 1/32 or 1/256 (the rate term holds it near that rate): filler may cost 1/32
     # (1/256) of a sample, so the branch's SSM carries content across 32x (256x) the filler in the same steps.
     # With K = 4 a sample reads only the 4 elements before its emitter, and a content token that emits no sample of
     # its own is never seen; "-k32" widens the window to cover every element between two samples at the floor rate.
-    "serpent-skip": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8,
-                     "compression_rates": [1.0, 0.25, 0.03125], "delta_source": "embedding",
-                     "projection_init": "identity", "rate_loss_coef": 1.0},
-    "serpent-skip256": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8,
-                        "compression_rates": [1.0, 0.25, 0.00390625], "delta_source": "embedding",
-                        "projection_init": "identity", "rate_loss_coef": 1.0},
-    "serpent-skip-k32": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8,
-                         "compression_rates": [1.0, 0.25, 0.03125], "num_neighbors": 32, "delta_source": "embedding",
-                         "projection_init": "identity", "rate_loss_coef": 1.0},
+    "serpent-skip": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125]},
+    "serpent-skip256": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625]},
+    "serpent-skip-k32": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125], "num_neighbors": 32},
     "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
     "mamba-2L": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0]},
 }
@@ -284,7 +279,7 @@ def parse():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--rate_loss_coef", type=float, default=None,
-                        help="the rate term's weight in serpent-rate (default: MODELS' 1.0)")
+                        help="the rate term's weight in the arms that have it (default: MODELS' 1.0)")
     parser.add_argument("--test_examples", type=int, default=256)
     parser.add_argument("--extrapolate_to", type=int, nargs="*", default=[],
                         help="also test each trained model, without training, at these filler lengths")

@@ -202,7 +202,8 @@ def test_a_run_writes_every_artefact_with_sane_values(reference):
     card = ModelCard.load(reference / "README.md")
     parameters = sum(p.numel() for p in model.parameters())
     for text in (f"{parameters:,}", "compression_rates", "tiny_corpus.txt", "training_curves.png", "deltas.png",
-                 "from_pretrained", "Where SeRpEnt helps", f"{results['eval_top1_accuracy']:.4f}", f"{results['eval_perplexity']:.4f}",
+                 "from_pretrained", "Where SeRpEnt helps", f"{results['eval_top1_accuracy']:.4f}",
+                 f"{results['eval_perplexity']:.4f}",
                  (reference / "sample.txt").read_text().strip()):
         assert text in card.text, text
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
