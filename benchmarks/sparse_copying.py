@@ -145,7 +145,8 @@ def train_one(args, name, length, seed, directory):
         weight_decay=0.1, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
         disable_tqdm=True)
     trainer = SeRpEntTrainer(model=model, args=training_args, train_dataset=dataset,
-                             data_collator=default_data_collator, compressed_branch_lr_multiplier=0.1)
+                             data_collator=default_data_collator,
+                             compressed_branch_lr_multiplier=args.compressed_branch_lr_multiplier)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -280,6 +281,9 @@ def parse():
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--rate_loss_coef", type=float, default=None,
                         help="the rate term's weight in the arms that have it (default: MODELS' 1.0)")
+    parser.add_argument("--compressed_branch_lr_multiplier", type=float, default=0.1,
+                        help="learning rate of the branches with κ < 1 relative to --learning_rate (the language-model "
+                        "recipe's 0.1 by default; the copy is the skip branch's job, so 1.0 lets it learn at full speed)")
     parser.add_argument("--test_examples", type=int, default=256)
     parser.add_argument("--extrapolate_to", type=int, nargs="*", default=[],
                         help="also test each trained model, without training, at these filler lengths")
