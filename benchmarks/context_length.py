@@ -15,6 +15,8 @@ compare (`taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/context_length.py
     python benchmarks/context_length.py DATA --summarise_only        # tables, JSON and plots of finished runs
     python benchmarks/context_length.py DATA --block_sizes 256 --arm_steps study-serpent-slow=287 \
         --output_dir runs/equal-time                                 # equal training time (see --arm_steps)
+    python benchmarks/context_length.py DATA --seeds 2 ... --earlier_runs results/equal_time_small.json
+                                                                     # one more seed, summarised with earlier ones
 
 A finished run (its eval_results.json exists) is not trained again, so an interrupted sweep resumes.
 Writes OUTPUT_DIR/context_length.json and context_length.png (held-out loss against position, top-1
@@ -54,6 +56,9 @@ def parse():
                         help="train ARM for STEPS steps instead of --max_steps (equal training time: give the faster "
                              "model the steps that take the slower one's --max_steps seconds)")
     parser.add_argument("--summarise_only", action="store_true", help="skip training; report the finished runs")
+    parser.add_argument("--earlier_runs", nargs="+", default=[], metavar="JSON",
+                        help="context_length.json of earlier sweeps (other seeds, run folders possibly gone): their "
+                             "runs of the same block sizes and arms are summarised with this sweep's")
     args = parser.parse_args()
     try:
         args.arm_steps = {arm: int(steps) for arm, steps in (item.split("=") for item in args.arm_steps)}
@@ -126,23 +131,41 @@ def mean_std(values):
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def summarise_block(args, output_dir, block_size, text, flops):
-    """Per arm: the quality study's summary of every finished seed, plus position scores, seconds and FLOPs."""
+def earlier_runs(paths):
+    """{(block size, arm): (runs, FLOPs per token)} of earlier sweeps' context_length.json files."""
+    found = {}
+    for path in paths:
+        for block_size, arms in json.loads(Path(path).read_text())["block_sizes"].items():
+            for arm, row in arms.items():
+                runs, _ = found.get((int(block_size), arm), ([], None))
+                found[int(block_size), arm] = (runs + row["runs"], row["flops_per_token"])
+    return found
+
+
+def summarise_block(args, output_dir, block_size, text, flops, earlier):
+    """Per arm: the quality study's summary of every finished seed (and of the earlier sweeps' runs), plus position
+    scores, seconds and FLOPs."""
     arms = {}
     for arm in args.arms:
-        directories = [run_directory(output_dir, block_size, arm, seed) for seed in args.seeds]
-        directories = [d for d in directories if (d / "eval_results.json").is_file()]
-        if not directories:
+        finished = {seed: run_directory(output_dir, block_size, arm, seed) for seed in args.seeds}
+        finished = {seed: d for seed, d in finished.items() if (d / "eval_results.json").is_file()}
+        directories = list(finished.values())
+        runs, earlier_flops = earlier.get((block_size, arm), ([], None))
+        runs = list(runs)
+        if not (directories or runs):
             continue
         options = run_options(args, block_size, arm)
-        runs = []
-        for directory in directories:
+        for seed, directory in finished.items():
             run = summarise(directory, options.batch_size, block_size)
+            run["seed"] = seed
             run["train_seconds"] = round(training_seconds(directory), 1)
             run["positions"] = position_scores(directory, text, block_size, args.buckets)
             runs.append(run)
+        seeds = [run["seed"] for run in runs if "seed" in run]
+        if len(seeds) != len(set(seeds)):
+            raise ValueError(f"--earlier_runs holds a seed of this sweep again ({arm}, block {block_size}): {seeds}")
         if arm not in flops:
-            flops[arm] = flops_per_token(directories[0], block_size)
+            flops[arm] = flops_per_token(directories[0], block_size) if directories else earlier_flops
         buckets = [bucket["name"] for bucket in runs[0]["positions"]["buckets"]]
         arms[arm] = {
             "seeds": len(runs), "parameters": runs[0]["parameters"], "flops_per_token": flops[arm],
@@ -185,11 +208,11 @@ def main():
                     directory = run_directory(output_dir, block_size, arm, seed)
                     train_run(run_options(args, block_size, arm), arm, seed, directory, data, output_dir / "cache")
     text = held_out_lines(data, args.held_out)
-    flops = {}
+    flops, earlier = {}, earlier_runs(args.earlier_runs)
     results = {"data": str(data), "articles": len(articles), "held_out_articles": args.held_out,
                "options": vars(args), "block_sizes": {}}
     for block_size in args.block_sizes:
-        arms = summarise_block(args, output_dir, block_size, text, flops)
+        arms = summarise_block(args, output_dir, block_size, text, flops, earlier)
         if arms:
             results["block_sizes"][block_size] = arms
         flops.clear()  # FLOPs per token depend on the block size only through the scan; count each

@@ -61,6 +61,21 @@ def test_the_context_sweep_holds_tokens_per_step_and_its_positions_average_to_th
             assert row["flops_per_token"] > 0
     assert (tmp_path / "context_length.png").stat().st_size > 0
 
+    # A later sweep of another seed summarised with these runs, whose folders it does not read (--earlier_runs).
+    later = tmp_path / "later"
+    options = ["--output_dir", later, "--block_sizes", 32, "--tokens_per_step", 64, "--max_steps", 2, "--eval_steps", 1,
+               "--held_out", 2, "--arms", "study-mamba-4L", "--earlier_runs", tmp_path / "context_length.json"]
+    run_script("context_length.py", CORPUS, *options, "--seeds", 1, cwd=tmp_path)
+    row = json.loads((later / "context_length.json").read_text())["block_sizes"]["32"]["study-mamba-4L"]
+    first = results["block_sizes"]["32"]["study-mamba-4L"]["runs"][0]["final"]["top1_accuracy"]
+    second = json.loads((later / "block32" / "study-mamba-4L" / "seed1" / "eval_results.json").read_text())
+    assert [run["seed"] for run in row["runs"]] == [0, 1]
+    assert row["top1"]["mean"] == pytest.approx((first + second["eval_top1_accuracy"]) / 2)
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "context_length.py"), str(CORPUS),
+                            *map(str, options), "--seeds", "0"], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert again.returncode != 0 and "holds a seed of this sweep again" in again.stderr
+
     # The same runs read at four times their training block (context_extrapolation.py).
     output = tmp_path / "extrapolation" / "x.json"
     run_script("context_extrapolation.py", CORPUS, "--runs_dir", tmp_path, "--trained_block", 32, "--test_block", 128,
