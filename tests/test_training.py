@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import huggingface_hub
 import matplotlib.image
@@ -360,11 +361,15 @@ TEXT = CORPUS.read_text()
         (TEXT, ["--tokenizer_name", "./no/such/tokenizer"], "--tokenizer_name ./no/such/tokenizer is not a directory"),
         (TEXT, ["--tokenizer_name", "no-such-tokenizer-anywhere"], "could not load tokenizer 'no-such-tokenizer-anywhere'"),
         (TEXT, ["--model_config", "configs/no-such-config.json"], "no-such-config.json does not exist"),
+        (TEXT, ["--model_config", "configs/no-such-config.json", "--train_tokenizer", "300"],
+         "no-such-config.json does not exist"),
     ],
     ids=["missing-file", "missing-dataset", "empty-file", "blank-file", "block-too-large", "missing-tokenizer-folder",
-         "missing-tokenizer-on-hub", "missing-config"],
+         "missing-tokenizer-on-hub", "missing-config", "missing-config-with-bpe"],
 )
 def test_bad_inputs_fail_with_clear_errors(tmp_path, offline, content, options, message):
+    """Each fails with an error that names the problem, and leaves an output folder that the corrected command
+    trains into without --overwrite_output_dir; a missing config is found before any BPE is trained."""
     train_file = tmp_path / "train.txt"
     if content is not None:
         train_file.write_text(content)
@@ -377,6 +382,10 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path, offline, content, options, 
         argv += ["--train_tokenizer", "300"]
     with pytest.raises(ValueError, match=message):
         train_lm.main(argv + options)
+    output = tmp_path / "out"
+    train_lm.check_output_dir(SimpleNamespace(output_dir=str(output), resume_from_checkpoint=None), overwrite=False)
+    if "--model_config" in options:
+        assert not output.exists() or not any(output.iterdir())
 
 
 def test_a_folder_with_only_vocab_and_merges_loads_as_a_gpt2_tokenizer(tmp_path):

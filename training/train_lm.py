@@ -63,6 +63,9 @@ RECIPE = {
     "logging_steps": 0.02,
     "report_to": "none",
 }
+# What a run that failed before training leaves in --output_dir (the BPE trained on the fly, saved for every process):
+# a rerun may train over it, so that correcting a typo needs no --overwrite_output_dir.
+FAILED_START_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
 # Blocks of the default size, halved while a split holds less than one block (a small text file), down to this.
 DEFAULT_BLOCK_SIZE, SMALLEST_DEFAULT_BLOCK_SIZE = 128, 16
 
@@ -82,7 +85,7 @@ def check_output_dir(training_args, overwrite):
     if overwrite or training_args.resume_from_checkpoint is not None or not folder.is_dir():
         return
     held = sorted(path.name for path in folder.iterdir())
-    if held:
+    if held and not set(held) <= FAILED_START_FILES:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise ValueError(f"--output_dir {folder} is not empty (it holds {shown}): give a new folder, "
                          "--resume_from_checkpoint last to continue the run it holds, or --overwrite_output_dir "
@@ -93,17 +96,17 @@ def choose_tokenizer(model_args):
     """Without --tokenizer_name or --train_tokenizer: a new model trains a BPE of its config's vocabulary size on
     the training text (offline, and the embedding keeps the config's size); a checkpoint keeps its own tokenizer,
     and a new BPE for a checkpoint is refused: its ids would mean nothing to the checkpoint's embeddings."""
-    if model_args.train_tokenizer is not None and not is_new_model(model_args.model_config):
+    new_model = is_new_model(model_args.model_config)
+    if new_model and not Path(resolve_model_config(model_args.model_config)).is_file():
+        raise missing_model_config(model_args.model_config)  # before a BPE is trained for a model never built
+    if model_args.train_tokenizer is not None and not new_model:
         raise ValueError(f"--train_tokenizer trains a new BPE, whose ids mean nothing to the checkpoint --model_config "
                          f"{model_args.model_config}: leave it out (the checkpoint's own tokenizer is used), or "
                          "--unset train_tokenizer when a run file sets it")
     if model_args.tokenizer_name is not None or model_args.train_tokenizer is not None:
         return
-    if is_new_model(model_args.model_config):
-        path = resolve_model_config(model_args.model_config)
-        if not Path(path).is_file():
-            raise missing_model_config(model_args.model_config)
-        model_args.train_tokenizer = read_model_config(path).vocab_size
+    if new_model:
+        model_args.train_tokenizer = read_model_config(resolve_model_config(model_args.model_config)).vocab_size
         logger.info("tokenizer: a byte-level BPE of %d entries (the config's vocab_size) trained on the training "
                     "text (--tokenizer_name or --train_tokenizer choose another)", model_args.train_tokenizer)
     else:
