@@ -282,8 +282,8 @@ def parse():
     parser.add_argument("--rate_loss_coef", type=float, default=None,
                         help="the rate term's weight in the arms that have it (default: MODELS' 1.0)")
     parser.add_argument("--compressed_branch_lr_multiplier", type=float, default=0.1,
-                        help="learning rate of the branches with κ < 1 relative to --learning_rate (the language-model "
-                        "recipe's 0.1 by default; the copy is the skip branch's job, so 1.0 lets it learn at full speed)")
+                        help="learning rate of the branches with κ < 1 relative to --learning_rate (the "
+                        "language-model recipe's 0.1 by default; at 1.0 a skip branch learns at full speed)")
     parser.add_argument("--test_examples", type=int, default=256)
     parser.add_argument("--extrapolate_to", type=int, nargs="*", default=[],
                         help="also test each trained model, without training, at these filler lengths")
