@@ -149,10 +149,9 @@ def summarise_block(args, output_dir, block_size, text, flops, earlier):
     for arm in args.arms:
         finished = {seed: run_directory(output_dir, block_size, arm, seed) for seed in args.seeds}
         finished = {seed: d for seed, d in finished.items() if (d / "eval_results.json").is_file()}
-        directories = list(finished.values())
         runs, earlier_flops = earlier.get((block_size, arm), ([], None))
         runs = list(runs)
-        if not (directories or runs):
+        if not (finished or runs):
             continue
         options = run_options(args, block_size, arm)
         for seed, directory in finished.items():
@@ -165,7 +164,7 @@ def summarise_block(args, output_dir, block_size, text, flops, earlier):
         if len(seeds) != len(set(seeds)):
             raise ValueError(f"--earlier_runs holds a seed of this sweep again ({arm}, block {block_size}): {seeds}")
         if arm not in flops:
-            flops[arm] = flops_per_token(directories[0], block_size) if directories else earlier_flops
+            flops[arm] = flops_per_token(next(iter(finished.values())), block_size) if finished else earlier_flops
         buckets = [bucket["name"] for bucket in runs[0]["positions"]["buckets"]]
         arms[arm] = {
             "seeds": len(runs), "parameters": runs[0]["parameters"], "flops_per_token": flops[arm],
