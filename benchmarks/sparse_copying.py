@@ -49,6 +49,8 @@ FILLER, MARKER, FIRST_CONTENT = 0, 1, 2
 # Runs either cross the task's sudden drop in loss or stay near chance, so the mean hides how many solved it.
 SOLVED = 0.9
 IGNORE = -100
+# The arms whose θ_Δ is also trained toward each token's unigram surprisal, with this coefficient.
+INFORMATION_TERM = {"serpent-skip256-info": 1.0}
 # Equal parameter count (within 1%): one SeRpEnt block holds about 3.5 Mamba layers' parameters.
 # "mamba-2L" is a control, not a contender: SeRpEnt's depth and width without its compressed branches (a third of
 # its parameters). If it copies as well as SeRpEnt, the gain comes from the shallower network, not from resampling.
@@ -68,9 +70,50 @@ MODELS = {
     "serpent-skip": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125]},
     "serpent-skip256": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625]},
     "serpent-skip-k32": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125], "num_neighbors": 32},
+    # κ = 1/32 and 1/256 with K = 256: no element is ever out of every sample's window, so θ_Δ need not single out the
+    # content token before a branch can read it (the obstacle the skip arms met: a token out of every window has no
+    # gradient to raise its Δ). K is one for all branches, and the κ = 0.25 branch would gather M·K ≈ 64·L
+    # elements: it gives way to κ = 1/32 (same parameters).
+    "serpent-skip256-k256": {**SERPENT_RATE, "compression_rates": [1.0, 0.03125, 0.00390625], "num_neighbors": 256},
+    # κ = 1/256 with θ_Δ also taught by the information term (InformationTermTrainer): a diagnosis, not a recipe. It
+    # separates what the architecture can do once Δ marks the informative tokens from whether θ_Δ finds them alone.
+    "serpent-skip256-info": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625]},
     "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
     "mamba-2L": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0]},
 }
+
+
+def information_term(deltas, input_ids, compressed_branches):
+    """Mean squared distance between every compressed branch's Δ, as its share of the free range (Δ - κ) / (1 - κ),
+    and each token's unigram surprisal in the batch, -log(count / tokens), scaled to [0, 1] by the batch's largest.
+
+    The paper's premise is that Δ measures how much an element carries; this term states it with the cheapest measure
+    of information there is, counted from the inputs alone. On this task it is nearly an oracle: filler is almost
+    every token (surprisal ~0), each content token is rare (scaled surprisal ~1). deltas (layers, b, branches, l)."""
+    counts = torch.bincount(input_ids.flatten()).to(deltas.dtype)
+    surprisal = -torch.log(counts[input_ids] / input_ids.numel())
+    target = surprisal / surprisal.max().clamp(min=1e-9)  # (b, l)
+    index = torch.tensor(list(compressed_branches), device=deltas.device)
+    rates = torch.tensor(list(compressed_branches.values()), device=deltas.device, dtype=deltas.dtype)
+    share = (deltas.index_select(2, index) - rates.view(1, 1, -1, 1)) / (1.0 - rates.view(1, 1, -1, 1))
+    return ((share - target.unsqueeze(1)) ** 2).mean().float()
+
+
+class InformationTermTrainer(SeRpEntTrainer):
+    """SeRpEntTrainer whose training loss adds `coefficient` · information_term (the rate term stays the config's)."""
+
+    def __init__(self, *args, coefficient, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.coefficient = coefficient
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:  # SeRpEntTrainer asked for Δ in training
+            branches = self.accelerator.unwrap_model(model).config.compressed_branches
+            term = information_term(outputs.deltas, inputs["input_ids"], branches)
+            self._statistics_sums["resampling/information_term"] += float(term)
+            loss = loss + self.coefficient * term
+        return (loss, outputs) if return_outputs else loss
 
 
 def make_examples(count, length, content, vocabulary, generator):
@@ -144,9 +187,12 @@ def train_one(args, name, length, seed, directory):
         learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=args.max_steps // 10,
         weight_decay=0.1, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
         disable_tqdm=True)
-    trainer = SeRpEntTrainer(model=model, args=training_args, train_dataset=dataset,
-                             data_collator=default_data_collator,
-                             compressed_branch_lr_multiplier=args.compressed_branch_lr_multiplier)
+    trainer_class, extra = SeRpEntTrainer, {}
+    if name in INFORMATION_TERM:
+        trainer_class, extra = InformationTermTrainer, {"coefficient": INFORMATION_TERM[name]}
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset,
+                            data_collator=default_data_collator,
+                            compressed_branch_lr_multiplier=args.compressed_branch_lr_multiplier, **extra)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

@@ -141,6 +141,24 @@ def test_copy_accuracy_scores_the_copies_and_nothing_else():
     assert sparse_copying.copy_accuracy(Copier(elsewhere), ids, labels, 3) == (1.0, 1.0)
 
 
+def test_the_information_term_is_zero_exactly_when_delta_follows_unigram_surprisal_and_raises_a_rare_tokens_delta():
+    ids = torch.tensor([[0, 0, 0, 5, 0, 0, 1], [0, 0, 4, 0, 0, 0, 1]])  # filler 0, a marker 1 per row, two rare tokens
+    branches = {1: 0.25}  # branch 0 is the κ = 1 branch and is not charged
+    counts = torch.bincount(ids.flatten()).double()
+    surprisal = -torch.log(counts[ids] / ids.numel())
+    share = surprisal / surprisal.max()
+    assert share[0, 3] == 1.0 and share[0, 0] < 0.25 < share[0, 6] < 1.0  # the rarest token 1, filler lowest
+    deltas = torch.ones(2, 2, 2, 7, dtype=torch.float64)  # (layers, b, branches, l)
+    deltas[:, :, 1] = 0.25 + 0.75 * share
+    assert sparse_copying.information_term(deltas, ids, branches) < 1e-30
+    logits = torch.full((2, 7), -3.0, dtype=torch.float64, requires_grad=True)  # θ_Δ's logits, near the floor
+    deltas = torch.ones(2, 2, 2, 7, dtype=torch.float64)
+    deltas[:, :, 1] = 0.25 + 0.75 * torch.sigmoid(logits)
+    sparse_copying.information_term(deltas, ids, branches).backward()
+    assert logits.grad[0, 3] < 0 and logits.grad[1, 2] < 0  # descent raises the rare tokens' Δ
+    assert abs(logits.grad[0, 0]) < abs(logits.grad[0, 3]) / 10  # and leaves filler near its floor
+
+
 def test_extrapolation_scores_each_new_length_once_on_examples_every_model_shares(tmp_path):
     """A copier that reaches `reach` tokens back scores the share of held-out examples whose content token lies that
     close to the marker, at every test length; a length already in result.json is not tested again."""
