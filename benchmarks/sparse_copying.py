@@ -20,6 +20,12 @@ training, on examples with longer filler. A model that has learned to skip fille
 one whose state decays with distance loses the token. This asks the paper's question (does resampling reach further?)
 of models that solved the task at a length every arm can learn, instead of training at lengths none of them learns.
 
+A curriculum (`--init_from DIR --init_length N`): every run continues the model an earlier sweep (its output folder
+DIR) trained at N filler tokens for the same arm and seed, instead of starting from initialisation:
+
+    python benchmarks/sparse_copying.py --output_dir runs/curriculum --init_from runs/sparse-copying --init_length 128 \
+        --lengths 1024 --max_steps 300 --batch_size 8 --seeds 0 --models mamba --extrapolate_to 4096
+
 Writes OUTPUT_DIR/sparse_copying.json and sparse_copying.png (copy accuracy against length, mean ± sd
 over seeds, and how many seeds copy at least 90%; for each SeRpEnt arm, Δ of every compressed branch on one
 example, content positions marked; M/L per branch), and with --extrapolate_to, sparse_copying_extrapolation.png
@@ -111,7 +117,7 @@ class InformationTermTrainer(SeRpEntTrainer):
         if model.training:  # SeRpEntTrainer asked for Δ in training
             branches = self.accelerator.unwrap_model(model).config.compressed_branches
             term = information_term(outputs.deltas, inputs["input_ids"], branches)
-            self._statistics_sums["resampling/information_term"] += float(term)
+            self._statistics_sums["resampling/information_term"] += float(term.detach())
             loss = loss + self.coefficient * term
         return (loss, outputs) if return_outputs else loss
 
@@ -176,11 +182,22 @@ def extrapolate(model, args, result, directory):
     return result
 
 
+def initial_model(args, name, seed):
+    """A new model of the arm, or with --init_from (a curriculum) the one an earlier sweep trained for this arm and
+    seed at --init_length."""
+    if not args.init_from:
+        return build_model(name, args.vocabulary, seed, args.rate_loss_coef)
+    source = Path(args.init_from) / f"length{args.init_length}" / name / f"seed{seed}" / "model"
+    if not source.is_dir():
+        raise SystemExit(f"--init_from: no trained model of {name}, seed {seed}, at {source}")
+    return SeRpEntForCausalLM.from_pretrained(source)
+
+
 def train_one(args, name, length, seed, directory):
     generator = torch.Generator().manual_seed(seed)
     ids, labels, _ = make_examples(args.max_steps * args.batch_size, length, args.content, args.vocabulary, generator)
     test_ids, test_labels, test_positions = test_examples(args, length, seed)
-    model = build_model(name, args.vocabulary, seed, args.rate_loss_coef)
+    model = initial_model(args, name, seed)
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
     training_args = TrainingArguments(
         output_dir=str(directory), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
@@ -198,6 +215,7 @@ def train_one(args, name, length, seed, directory):
     seconds = time.perf_counter() - started
     accuracy, whole = copy_accuracy(model, test_ids, test_labels, args.batch_size)
     result = {"model": name, "length": length, "seed": seed, "parameters": model.num_parameters(),
+              "trained_first_at": args.init_length if args.init_from else None,
               "copy_accuracy": accuracy, "sequence_accuracy": whole, "train_seconds": round(seconds, 1),
               "train_loss": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]}
     if any(rate < 1 for rate in model.config.compression_rates):
@@ -259,7 +277,9 @@ def plot(summary, results, path):
     """Accuracy against length (left) and, for every model with compressed branches, Δ on one example: its longest
     length, lowest seed (one panel each, so that the arms' Δ compare)."""
     examples = {}
-    for result in sorted((r for r in results if "example" in r), key=lambda r: (-r["length"], r["seed"])):
+    # Results kept in benchmarks/results/ may hold Δ only as a summary (a long example's Δ is too long to keep).
+    drawn = (r for r in results if "deltas" in r.get("example", {}))
+    for result in sorted(drawn, key=lambda r: (-r["length"], r["seed"])):
         examples.setdefault(result["model"], result)
     figure, axes = plt.subplots(1, 1 + len(examples), figsize=(7 * (1 + len(examples)), 4.5), squeeze=False)
     left = axes[0, 0]
@@ -330,11 +350,18 @@ def parse():
     parser.add_argument("--compressed_branch_lr_multiplier", type=float, default=0.1,
                         help="learning rate of the branches with κ < 1 relative to --learning_rate (the "
                         "language-model recipe's 0.1 by default; at 1.0 a skip branch learns at full speed)")
+    parser.add_argument("--init_from", default=None,
+                        help="OUTPUT_DIR of an earlier sweep: every run continues the model that sweep trained for its "
+                        "arm and seed at --init_length (a curriculum), instead of starting from initialisation")
+    parser.add_argument("--init_length", type=int, default=None, help="the filler length --init_from trained at")
     parser.add_argument("--test_examples", type=int, default=256)
     parser.add_argument("--extrapolate_to", type=int, nargs="*", default=[],
                         help="also test each trained model, without training, at these filler lengths")
     parser.add_argument("--summarise_only", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if (args.init_from is None) != (args.init_length is None):
+        parser.error("--init_from and --init_length go together")
+    return args
 
 
 def main():

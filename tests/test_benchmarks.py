@@ -159,6 +159,20 @@ def test_the_information_term_is_zero_exactly_when_delta_follows_unigram_surpris
     assert abs(logits.grad[0, 0]) < abs(logits.grad[0, 3]) / 10  # and leaves filler near its floor
 
 
+def test_a_curriculum_run_starts_from_the_model_its_arm_and_seed_trained_at_the_shorter_length(tmp_path):
+    trained = sparse_copying.build_model("mamba-2L", 8, seed=3)
+    with torch.no_grad():
+        trained.lm_head.weight.add_(1.0)  # not what a fresh model of this seed holds
+    trained.save_pretrained(tmp_path / "length64" / "mamba-2L" / "seed3" / "model")
+    args = SimpleNamespace(init_from=str(tmp_path), init_length=64, vocabulary=8, rate_loss_coef=None)
+    started = sparse_copying.initial_model(args, "mamba-2L", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), trained.state_dict().values()))
+    with pytest.raises(SystemExit, match="mamba-2L, seed 4"):
+        sparse_copying.initial_model(args, "mamba-2L", seed=4)
+    fresh = sparse_copying.initial_model(SimpleNamespace(**{**vars(args), "init_from": None}), "mamba-2L", seed=3)
+    assert not torch.equal(fresh.lm_head.weight, trained.lm_head.weight)
+
+
 def test_extrapolation_scores_each_new_length_once_on_examples_every_model_shares(tmp_path):
     """A copier that reaches `reach` tokens back scores the share of held-out examples whose content token lies that
     close to the marker, at every test length; a length already in result.json is not tested again."""
