@@ -30,6 +30,12 @@ from serpent_hf import SeRpEntForCausalLM  # noqa: E402
 TRAIN, HELD_OUT = 512, 256
 
 
+def label(name):
+    """A run folder's arm, length and seed (length1024/mamba/seed1), not where it lies on this machine."""
+    parts = Path(name).parts
+    return "/".join(parts[-4:-1]) if not name.startswith("untrained:") and len(parts) >= 4 else name
+
+
 def load(name, vocabulary):
     if name.startswith("untrained:"):
         return sparse_copying.build_model(name.split(":", 1)[1], vocabulary, seed=0)
@@ -86,7 +92,7 @@ def plot(results, chance, path):
         axis.bar(position, 0, label=model)  # a legend entry per model
         position += 1
     axis.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
-    axis.set_xticks(ticks, names, fontsize=6)
+    axis.set_xticks(ticks, names, fontsize=6, rotation=90)
     axis.set(ylabel="content token from the branch's output (held-out)", ylim=(0, 1),
              title="Which branches hold the content token at the marker (linear probe)")
     axis.legend(fontsize=7)
@@ -109,8 +115,8 @@ def main():
     results = {}
     for name in args.models:
         features = branch_outputs_at_marker(load(name, args.vocabulary), ids, args.length, args.batch_size)
-        results[name] = {key: probe_accuracy(value, labels, args.vocabulary) for key, value in features.items()}
-        print(name, {key: round(value, 3) for key, value in results[name].items()}, flush=True)
+        results[label(name)] = {key: probe_accuracy(value, labels, args.vocabulary) for key, value in features.items()}
+        print(label(name), {key: round(value, 3) for key, value in results[label(name)].items()}, flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"options": vars(args), "chance": 1 / args.vocabulary, "probe_accuracy": results},
