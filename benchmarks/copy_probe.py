@@ -11,7 +11,8 @@ length; a logistic regression trained on 512 of them predicts the content token 
         runs/sparse-mamba-1024/length1024/mamba/seed1/model untrained:mamba
 
 A model is a saved model folder or `untrained:ARM` (an arm of sparse_copying.py at initialisation, seed 0: what the
-architecture holds before any training). Writes OUTPUT (JSON) and OUTPUT with .png (accuracy per layer and branch).
+architecture holds before any training). Writes OUTPUT (JSON: the probe's accuracy, and Δ of each content token in
+every compressed branch) and OUTPUT with .png (accuracy per layer and branch).
 """
 
 import argparse
@@ -57,6 +58,19 @@ def branch_outputs_at_marker(model, ids, length, batch_size):
     for hook in hooks:
         hook.remove()
     return {key: torch.cat(chunks) for key, chunks in outputs.items()}
+
+
+@torch.no_grad()
+def content_token_deltas(model, vocabulary):
+    """{"layer{i}_rate{κ}": [Δ of each content token]} for every compressed branch: Δ of each of the `vocabulary`
+    content tokens read after filler (whether θ_Δ singles out every content token, not only one example's)."""
+    ids = torch.tensor([[sparse_copying.FILLER] * 4 + list(range(sparse_copying.FIRST_CONTENT,
+                                                                  sparse_copying.FIRST_CONTENT + vocabulary))])
+    model.eval()
+    deltas = model(input_ids=ids, output_deltas=True).deltas[:, 0, :, 4:]  # (layers, branches, vocabulary)
+    return {f"layer{layer}_rate{rate:g}": [round(value, 4) for value in deltas[layer, branch].tolist()]
+            for layer in range(deltas.shape[0]) for branch, rate in enumerate(model.config.compression_rates)
+            if rate < 1}
 
 
 def probe_accuracy(features, labels, classes):
@@ -112,15 +126,17 @@ def main():
     ids, _, _ = sparse_copying.make_examples(TRAIN + HELD_OUT, args.length, 1, args.vocabulary,
                                              torch.Generator().manual_seed(20_000))
     labels = ids[:, args.length + 1] - sparse_copying.FIRST_CONTENT  # the one content token, copied after the marker
-    results = {}
+    results, content_deltas = {}, {}
     for name in args.models:
-        features = branch_outputs_at_marker(load(name, args.vocabulary), ids, args.length, args.batch_size)
+        model = load(name, args.vocabulary)
+        content_deltas[label(name)] = content_token_deltas(model, args.vocabulary)
+        features = branch_outputs_at_marker(model, ids, args.length, args.batch_size)
         results[label(name)] = {key: probe_accuracy(value, labels, args.vocabulary) for key, value in features.items()}
         print(label(name), {key: round(value, 3) for key, value in results[label(name)].items()}, flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"options": vars(args), "chance": 1 / args.vocabulary, "probe_accuracy": results},
-                                 indent=2) + "\n")
+    output.write_text(json.dumps({"options": vars(args), "chance": 1 / args.vocabulary, "probe_accuracy": results,
+                                  "content_token_deltas": content_deltas}, indent=2) + "\n")
     plot(results, 1 / args.vocabulary, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
 

@@ -76,9 +76,9 @@ MODELS = {
     "serpent-skip": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125]},
     "serpent-skip256": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625]},
     "serpent-skip-k32": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.03125], "num_neighbors": 32},
-    # κ = 1/32 and 1/256 with K = 256: no element is ever out of every sample's window, so θ_Δ need not single out the
-    # content token before a branch can read it (the obstacle the skip arms met: a token out of every window has no
-    # gradient to raise its Δ). K is one for all branches, and the κ = 0.25 branch would gather M·K ≈ 64·L
+    # κ = 1/32 and 1/256 with K = 256: no element is ever out of every sample's window, so θ_Δ need not single out
+    # the content token before a branch can read it (the obstacle the skip arms met: a token out of every window has
+    # no gradient to raise its Δ). K is one for all branches, and the κ = 0.25 branch would gather M·K ≈ 64·L
     # elements: it gives way to κ = 1/32 (same parameters).
     "serpent-skip256-k256": {**SERPENT_RATE, "compression_rates": [1.0, 0.03125, 0.00390625], "num_neighbors": 256},
     # κ = 1/256 with θ_Δ also taught by the information term (InformationTermTrainer): a diagnosis, not a recipe. It

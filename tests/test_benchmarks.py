@@ -177,8 +177,10 @@ def test_a_curriculum_run_starts_from_the_model_its_arm_and_seed_trained_at_the_
 def test_the_probe_reads_the_content_token_where_a_branch_holds_it_and_nowhere_else():
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 8, (copy_probe.TRAIN + copy_probe.HELD_OUT,), generator=generator)
-    holding = torch.nn.functional.one_hot(labels, 8).float() * 1e-3 + 1e-4 * torch.randn(len(labels), 8, generator=generator)
-    assert copy_probe.probe_accuracy(torch.cat([holding, torch.randn(len(labels), 24, generator=generator)], 1), labels, 8) > 0.95
+    holding = torch.nn.functional.one_hot(labels, 8).float() * 1e-3 + 1e-4 * torch.randn(len(labels), 8,
+                                                                                         generator=generator)
+    noise = torch.randn(len(labels), 24, generator=generator)
+    assert copy_probe.probe_accuracy(torch.cat([holding, noise], 1), labels, 8) > 0.95
     assert copy_probe.probe_accuracy(torch.randn(len(labels), 32, generator=generator), labels, 8) < 0.3
     model = sparse_copying.build_model("serpent-skip", 4, seed=0)
     ids, _, _ = sparse_copying.make_examples(6, 20, 1, 4, generator)
@@ -190,8 +192,14 @@ def test_the_probe_reads_the_content_token_where_a_branch_holds_it_and_nowhere_e
     later[:, 21:] = sparse_copying.FIRST_CONTENT
     assert all(torch.equal(outputs[key], value)
                for key, value in copy_probe.branch_outputs_at_marker(model, later, 20, batch_size=4).items())
+    deltas = copy_probe.content_token_deltas(model, 4)
+    assert sorted(deltas) == sorted(f"layer{i}_rate{rate:g}" for i in range(2) for rate in (0.25, 0.03125))
+    # content token 4 after filler, alone
+    alone = model(input_ids=torch.tensor([[0, 0, 0, 0, 4]]), output_deltas=True).deltas.detach()
+    assert deltas["layer1_rate0.03125"][2] == round(float(alone[1, 0, 2, 4]), 4)
     ids[:, 20] = sparse_copying.FIRST_CONTENT  # the marker itself is read
-    assert not torch.equal(copy_probe.branch_outputs_at_marker(model, ids, 20, 4)["layer1_rate1"], outputs["layer1_rate1"])
+    changed = copy_probe.branch_outputs_at_marker(model, ids, 20, 4)
+    assert not torch.equal(changed["layer1_rate1"], outputs["layer1_rate1"])
 
 
 def test_extrapolation_scores_each_new_length_once_on_examples_every_model_shares(tmp_path):
