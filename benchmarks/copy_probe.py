@@ -128,11 +128,11 @@ def main():
     labels = ids[:, args.length + 1] - sparse_copying.FIRST_CONTENT  # the one content token, copied after the marker
     results, content_deltas = {}, {}
     for name in args.models:
-        model = load(name, args.vocabulary)
-        content_deltas[label(name)] = content_token_deltas(model, args.vocabulary)
+        model, run = load(name, args.vocabulary), label(name)
+        content_deltas[run] = content_token_deltas(model, args.vocabulary)
         features = branch_outputs_at_marker(model, ids, args.length, args.batch_size)
-        results[label(name)] = {key: probe_accuracy(value, labels, args.vocabulary) for key, value in features.items()}
-        print(label(name), {key: round(value, 3) for key, value in results[label(name)].items()}, flush=True)
+        results[run] = {key: probe_accuracy(value, labels, args.vocabulary) for key, value in features.items()}
+        print(run, {key: round(value, 3) for key, value in results[run].items()}, flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"options": vars(args), "chance": 1 / args.vocabulary, "probe_accuracy": results,
