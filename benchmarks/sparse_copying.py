@@ -84,6 +84,10 @@ MODELS = {
     # κ = 1/256 with θ_Δ also taught by the information term (InformationTermTrainer): a diagnosis, not a recipe. It
     # separates what the architecture can do once Δ marks the informative tokens from whether θ_Δ finds them alone.
     "serpent-skip256-info": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625]},
+    # κ = 1/256 with θ_Δ starting open (bias 0: Δ halfway up the free range, every element near a sample) instead of
+    # near the floor: θ_Δ can then learn from the copy loss alone which elements to keep, while the rate term pulls
+    # the rest down. The loss-only counterpart of the information term.
+    "serpent-skip256-open": {**SERPENT_RATE, "compression_rates": [1.0, 0.25, 0.00390625], "delta_bias_init": 0.0},
     "mamba": {"hidden_size": 64, "num_hidden_layers": 7, "state_size": 8, "compression_rates": [1.0]},
     "mamba-2L": {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8, "compression_rates": [1.0]},
 }
