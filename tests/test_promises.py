@@ -8,6 +8,8 @@
 - `--dataset_name` replaces the run file's train file; `--unset validation_articles` holds out 5% of the lines.
 - Every logging step reports Δ's mean and 95th percentile for every layer and compressed branch.
 - a LoRA-adapted model (peft) decodes as its forward pass, and the merged adapter computes what it computed.
+- `delta_bias_init` sets where every compressed branch's Δ starts, in both Δ sources, through the model's own
+  weight initialisation (benchmarks/sparse_copying.py's "open" arm relies on it).
 """
 
 import math
@@ -25,7 +27,7 @@ from serpent_hf.training import train_lm
 from serpent_hf.training.arguments import DataArguments, ModelArguments, ReportArguments, parse_arguments
 from serpent_hf.training.trainer import SeRpEntTrainer, resampling_statistics
 
-from .conftest import CORPUS, ROOT, DECODING_TOLERANCE, stepwise_logits, tiny_model
+from .conftest import CORPUS, ROOT, DECODING_TOLERANCE, stepwise_logits, tiny_config, tiny_model
 
 KERNEL_PACKAGES = ("mamba_ssm", "causal_conv1d")
 TINY_RUN = str(ROOT / "configs" / "train-tiny.yaml")
@@ -207,3 +209,22 @@ def test_a_lora_adapted_model_decodes_as_its_forward_pass_and_merges_into_what_i
         torch.testing.assert_close(stepped, expected, rtol=0, atol=DECODING_TOLERANCE)
         # peft merges the adapter into the wrapped layer's weight.data: the merged model must follow it.
         torch.testing.assert_close(adapted.merge_and_unload()(ids).logits, expected, rtol=0, atol=DECODING_TOLERANCE)
+
+
+@pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
+@pytest.mark.parametrize("bias", [-3.0, 0.0, 2.0])
+def test_delta_bias_init_sets_where_every_compressed_branch_delta_starts(delta_source, bias):
+    from serpent_hf import SeRpEntForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config(delta_source=delta_source, delta_bias_init=bias, compression_rates=[1.0, 0.5, 1 / 256])
+    model = SeRpEntForCausalLM(config).eval()
+    ids = torch.randint(3, config.vocab_size, (2, 64))
+    with torch.no_grad():
+        deltas = model(input_ids=ids, output_deltas=True).deltas  # (layers, b, branches, l)
+    expected_share = torch.sigmoid(torch.tensor(bias, dtype=torch.float64))
+    for branch, rate in config.compressed_branches.items():
+        share = (deltas[:, :, branch] - rate) / (1 - rate)  # Δ's place in the branch's free range [κ, 1]
+        # θ_Δ's weights start small (0.02), so every element starts near the bias's share; the biases tried lie
+        # at least 0.38 apart in share, and an initialisation that ignored the config would land on another one's.
+        assert abs(float(share.mean()) - float(expected_share)) < 0.03, (delta_source, branch, float(share.mean()))
