@@ -14,6 +14,7 @@ from .conftest import CORPUS, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import copy_probe  # noqa: E402
+import curriculum_stages  # noqa: E402
 import sparse_copying  # noqa: E402
 
 
@@ -281,3 +282,35 @@ def test_delta_information_scores_the_reference_as_its_evaluation_did(tmp_path):
         assert -1 <= branch["spearman_contextual"] <= 1 and len(branch["delta_by_contextual_decile"]) == 10
         assert branch["rate"] <= branch["M_over_L"] <= 1
     assert (tmp_path / "information" / "delta_information.png").stat().st_size > 0
+
+
+def write_run(folder, arm, seed, accuracy, steps, extrapolation=None):
+    directory = folder / "length1024" / arm / f"seed{seed}"
+    directory.mkdir(parents=True)
+    result = {"model": arm, "length": 1024, "seed": seed, "copy_accuracy": accuracy,
+              "train_loss": [[steps // 2, 1.0], [steps, 0.5]], "extrapolation": extrapolation or {}}
+    (directory / "result.json").write_text(json.dumps(result))
+
+
+def test_curriculum_stages_add_up_steps_per_arm_and_report_each_stages_seeds(tmp_path):
+    # Stage 1: arm "a" in one sweep's folder, arm "b" in another's (the comma-separated folders of one stage);
+    # stage 2: only arm "a" continues, one seed further at 8,192 than the other.
+    first_a, first_b, second_a = tmp_path / "s1a", tmp_path / "s1b", tmp_path / "s2a"
+    write_run(first_a, "a", 0, 0.5, 300, {"8192": 0.2})
+    write_run(first_a, "a", 1, 0.95, 300, {"8192": 0.4})
+    write_run(first_b, "b", 0, 0.125, 200)
+    write_run(second_a, "a", 0, 0.9, 300, {"8192": 0.6})
+    write_run(second_a, "a", 1, 1.0, 300)
+    table = curriculum_stages.summarise([[first_a, first_b], [second_a]], 1024)
+    assert [row["steps_at_length"] for row in table["a"]] == [300, 600]
+    assert [(row["stage"], row["steps_at_length"]) for row in table["b"]] == [(1, 200)]
+    first, second = table["a"]
+    assert first["copy_accuracy"]["per_seed"] == [0.5, 0.95] and first["copy_accuracy"]["seeds_solved"] == 1
+    assert second["copy_accuracy"]["mean"] == pytest.approx(0.95) and second["copy_accuracy"]["seeds_solved"] == 2
+    assert first["extrapolation"]["8192"]["mean"] == pytest.approx(0.3)
+    assert second["extrapolation"]["8192"]["per_seed"] == [0.6]  # seed 1 was not tested there
+    output = tmp_path / "stages.json"
+    run_script("curriculum_stages.py", "--length", 1024, "--output", output, "--stages", f"{first_a},{first_b}",
+               second_a, cwd=tmp_path)
+    assert json.loads(output.read_text())["arms"] == json.loads(json.dumps(table, default=str))
+    assert output.with_suffix(".png").stat().st_size > 0
