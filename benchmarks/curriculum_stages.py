@@ -8,7 +8,7 @@ an arm is still learning when the last stage stops, and how far its copy carries
         runs/sparse-curriculum,runs/sparse-open-curriculum runs/sparse-curriculum2,runs/sparse-open-curriculum2
 
 Each argument of --stages is one stage: its sparse_copying.py output folders, separated by commas (arms trained in
-separate sweeps). Writes OUTPUT (per arm and stage: steps trained at the length so far, every seed's copy accuracy,
+separate sweeps). Writes OUTPUT (per arm and stage: steps and training seconds at the length so far, every seed's copy accuracy,
 mean, standard deviation, seeds >= 90%, and the same at each extrapolated length) and OUTPUT with .png.
 """
 
@@ -43,14 +43,17 @@ def spread(values):
 
 def summarise(stages, length):
     """{arm: [one row per stage the arm has runs in]}; steps at the length add up over the stages (each run's last
-    logged step), so a stage an arm skipped would show as a gap in steps, not be merged into the next one."""
-    table, steps = {}, {}
+    logged step), and so do training seconds (the mean over the stage's seeds), so arms compare at equal steps or
+    at equal time."""
+    table, steps, seconds = {}, {}, {}
     for index, folders in enumerate(stages):
         for arm, by_seed in stage_runs(folders, length).items():
             seeds = sorted(by_seed)
             trained = max(by_seed[seed]["train_loss"][-1][0] for seed in seeds)
             steps[arm] = steps.get(arm, 0) + trained
-            row = {"stage": index + 1, "steps_at_length": steps[arm], "seeds": seeds,
+            seconds[arm] = seconds.get(arm, 0.0) + statistics.fmean(by_seed[seed]["train_seconds"] for seed in seeds)
+            row = {"stage": index + 1, "steps_at_length": steps[arm], "train_seconds_at_length": seconds[arm],
+                   "seeds": seeds,
                    "copy_accuracy": spread([by_seed[seed]["copy_accuracy"] for seed in seeds])}
             longer = sorted({int(n) for seed in seeds for n in by_seed[seed].get("extrapolation", {})})
             row["extrapolation"] = {str(n): spread([by_seed[seed]["extrapolation"][str(n)] for seed in seeds
@@ -100,7 +103,8 @@ def main():
     for arm, rows in sorted(table.items()):
         for row in rows:
             cell = row["copy_accuracy"]
-            print(f"{arm:22s} stage {row['stage']} ({row['steps_at_length']} steps): {cell['mean']:.3f} ± "
+            print(f"{arm:22s} stage {row['stage']} ({row['steps_at_length']} steps, "
+                  f"{row['train_seconds_at_length']:.0f} s): {cell['mean']:.3f} ± "
                   f"{cell['std']:.3f}, {cell['seeds_solved']} of {len(row['seeds'])} >= {SOLVED}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

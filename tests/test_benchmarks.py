@@ -287,7 +287,7 @@ def test_delta_information_scores_the_reference_as_its_evaluation_did(tmp_path):
 def write_run(folder, arm, seed, accuracy, steps, extrapolation=None):
     directory = folder / "length1024" / arm / f"seed{seed}"
     directory.mkdir(parents=True)
-    result = {"model": arm, "length": 1024, "seed": seed, "copy_accuracy": accuracy,
+    result = {"model": arm, "length": 1024, "seed": seed, "copy_accuracy": accuracy, "train_seconds": steps + seed,
               "train_loss": [[steps // 2, 1.0], [steps, 0.5]], "extrapolation": extrapolation or {}}
     (directory / "result.json").write_text(json.dumps(result))
 
@@ -303,6 +303,7 @@ def test_curriculum_stages_add_up_steps_per_arm_and_report_each_stages_seeds(tmp
     write_run(second_a, "a", 1, 1.0, 300)
     table = curriculum_stages.summarise([[first_a, first_b], [second_a]], 1024)
     assert [row["steps_at_length"] for row in table["a"]] == [300, 600]
+    assert [row["train_seconds_at_length"] for row in table["a"]] == [300.5, 601.0]  # seeds' mean, summed
     assert [(row["stage"], row["steps_at_length"]) for row in table["b"]] == [(1, 200)]
     first, second = table["a"]
     assert first["copy_accuracy"]["per_seed"] == [0.5, 0.95] and first["copy_accuracy"]["seeds_solved"] == 1
