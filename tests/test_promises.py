@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import TrainingArguments
 
+from serpent_hf import SeRpEntForCausalLM
 from serpent_hf.modeling import kernels
 from serpent_hf.training import data as training_data
 from serpent_hf.training import train_lm
@@ -214,8 +215,6 @@ def test_a_lora_adapted_model_decodes_as_its_forward_pass_and_merges_into_what_i
 @pytest.mark.parametrize("delta_source", ["embedding", "hidden"])
 @pytest.mark.parametrize("bias", [-3.0, 0.0, 2.0])
 def test_delta_bias_init_sets_where_every_compressed_branch_delta_starts(delta_source, bias):
-    from serpent_hf import SeRpEntForCausalLM
-
     torch.manual_seed(0)
     config = tiny_config(delta_source=delta_source, delta_bias_init=bias, compression_rates=[1.0, 0.5, 1 / 256])
     model = SeRpEntForCausalLM(config).eval()
