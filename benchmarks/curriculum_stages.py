@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from context_length import mean_std  # noqa: E402
 from sparse_copying import SOLVED  # noqa: E402
 
 
@@ -36,9 +37,7 @@ def stage_runs(folders, length):
 
 
 def spread(values):
-    return {"per_seed": values, "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "seeds_solved": sum(value >= SOLVED for value in values)}
+    return {"per_seed": values, **mean_std(values), "seeds_solved": sum(value >= SOLVED for value in values)}
 
 
 def summarise(stages, length):
@@ -55,10 +54,9 @@ def summarise(stages, length):
             row = {"stage": index + 1, "steps_at_length": steps[arm], "train_seconds_at_length": seconds[arm],
                    "seeds": seeds,
                    "copy_accuracy": spread([by_seed[seed]["copy_accuracy"] for seed in seeds])}
-            longer = sorted({int(n) for seed in seeds for n in by_seed[seed].get("extrapolation", {})})
-            row["extrapolation"] = {str(n): spread([by_seed[seed]["extrapolation"][str(n)] for seed in seeds
-                                                    if str(n) in by_seed[seed].get("extrapolation", {})])
-                                    for n in longer}
+            tested = [by_seed[seed].get("extrapolation", {}) for seed in seeds]  # {length as text: accuracy}
+            longer = sorted({n for lengths in tested for n in lengths}, key=int)
+            row["extrapolation"] = {n: spread([lengths[n] for lengths in tested if n in lengths]) for n in longer}
             table.setdefault(arm, []).append(row)
     return table
 

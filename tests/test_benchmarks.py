@@ -313,5 +313,5 @@ def test_curriculum_stages_add_up_steps_per_arm_and_report_each_stages_seeds(tmp
     output = tmp_path / "stages.json"
     run_script("curriculum_stages.py", "--length", 1024, "--output", output, "--stages", f"{first_a},{first_b}",
                second_a, cwd=tmp_path)
-    assert json.loads(output.read_text())["arms"] == json.loads(json.dumps(table, default=str))
+    assert json.loads(output.read_text())["arms"] == json.loads(json.dumps(table))
     assert output.with_suffix(".png").stat().st_size > 0
