@@ -32,6 +32,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from quality_wikitext import ARMS, read_articles, summarise, train_run
+from seed_statistics import mean_std
 from serpent_hf.training.data import group_into_blocks, hold_out_articles, load_tokenizer
 from serpent_hf.training.evaluation import POSITION_BUCKETS, loss_by_position
 from serpent_hf.training.models import load_checkpoint
@@ -125,10 +126,6 @@ def flops_per_token(directory, block_size):
     with FlopCounterMode(display=False) as counter:
         model(ids, labels=ids).loss.backward()
     return counter.get_total_flops() / block_size
-
-
-def mean_std(values):
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def earlier_runs(paths):

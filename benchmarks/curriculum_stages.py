@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from context_length import mean_std  # noqa: E402
+from seed_statistics import mean_std  # noqa: E402
 from sparse_copying import SOLVED  # noqa: E402
 
 

@@ -29,6 +29,8 @@ import math
 import statistics
 from pathlib import Path
 
+from seed_statistics import mean_std
+
 ROOT = Path(__file__).resolve().parent.parent
 
 from serpent_hf.training import train_lm
@@ -77,6 +79,9 @@ ARMS = {
     # Issue 24's rate arm: the fix plus the rate term (modeling/rate_loss.py), which asks each compressed branch to
     # keep its nominal rate κ instead of drifting toward keeping every element.
     "study-serpent-slow-rate": {"config": {**EMBEDDING_IDENTITY, "rate_loss_coef": 1.0}},
+    # θ_Δ starting open (Δ halfway up its range at the start, as the sparse-copying arm that found content tokens
+    # from the loss alone): whether that initialisation should be the package's default on text.
+    "study-serpent-slow-open": {"config": {**EMBEDDING_IDENTITY, "delta_bias_init": 0.0}},
     "study-serpent-slow-selectivity-lr10": {"config": EMBEDDING_IDENTITY, "options": ["--selectivity_lr_multiplier", "10"]},
     "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
     # The compression operator: a linear map across channels (one d x d matrix per basis function) against the
@@ -202,9 +207,7 @@ def aggregate(runs):
     for point in ("final", "best"):
         result[point] = {}
         for key in runs[0][point]:
-            values = [run[point][key] for run in runs]
-            result[point][key] = {"mean": statistics.fmean(values),
-                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            result[point][key] = mean_std([run[point][key] for run in runs])
     losses = [run["final_train_loss"] for run in runs if run["final_train_loss"] is not None]
     result["final_train_loss"] = statistics.fmean(losses) if losses else float("nan")
     keys = runs[0]["resampling"].keys()

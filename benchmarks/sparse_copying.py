@@ -49,6 +49,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainingArguments, default_data_collator, set_seed  # noqa: E402
 
 from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM  # noqa: E402
+from seed_statistics import mean_std  # noqa: E402
 from serpent_hf.training.trainer import SeRpEntTrainer  # noqa: E402
 
 FILLER, MARKER, FIRST_CONTENT = 0, 1, 2
@@ -255,8 +256,7 @@ def summarise(results):
             values = [run["copy_accuracy"] for run in runs]
             summary[name][length] = {
                 "seeds": len(runs), "parameters": runs[0]["parameters"],
-                "copy_accuracy": {"mean": statistics.fmean(values),
-                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0},
+                "copy_accuracy": mean_std(values),
                 "seeds_solved": sum(value >= SOLVED for value in values),
                 "sequence_accuracy": statistics.fmean(run["sequence_accuracy"] for run in runs),
                 "train_seconds": statistics.fmean(run["train_seconds"] for run in runs)}
