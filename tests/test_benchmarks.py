@@ -284,26 +284,32 @@ def test_delta_information_scores_the_reference_as_its_evaluation_did(tmp_path):
     assert (tmp_path / "information" / "delta_information.png").stat().st_size > 0
 
 
-def write_run(folder, arm, seed, accuracy, steps, extrapolation=None):
-    directory = folder / "length1024" / arm / f"seed{seed}"
+def write_run(folder, arm, seed, accuracy, steps, extrapolation=None, length=1024):
+    directory = folder / f"length{length}" / arm / f"seed{seed}"
     directory.mkdir(parents=True)
-    result = {"model": arm, "length": 1024, "seed": seed, "copy_accuracy": accuracy, "train_seconds": steps + seed,
+    result = {"model": arm, "length": length, "seed": seed, "copy_accuracy": accuracy, "train_seconds": steps + seed,
               "train_loss": [[steps // 2, 1.0], [steps, 0.5]], "extrapolation": extrapolation or {}}
     (directory / "result.json").write_text(json.dumps(result))
 
 
 def test_curriculum_stages_add_up_steps_per_arm_and_report_each_stages_seeds(tmp_path):
     # Stage 1: arm "a" in one sweep's folder, arm "b" in another's (the comma-separated folders of one stage);
-    # stage 2: only arm "a" continues, one seed further at 8,192 than the other.
-    first_a, first_b, second_a = tmp_path / "s1a", tmp_path / "s1b", tmp_path / "s2a"
+    # stage 2: only arm "a" continues, one seed further at 8,192 than the other. Arm "a" started from runs at 128
+    # (seconds 1,000 and 1,001, and a third seed the stages never continued); arm "b" from none.
+    first_a, first_b, second_a, start = tmp_path / "s1a", tmp_path / "s1b", tmp_path / "s2a", tmp_path / "s0"
+    for seed in (0, 1, 2):
+        write_run(start, "a", seed, 1.0, 1000, length=128)
     write_run(first_a, "a", 0, 0.5, 300, {"8192": 0.2})
     write_run(first_a, "a", 1, 0.95, 300, {"8192": 0.4})
     write_run(first_b, "b", 0, 0.125, 200)
     write_run(second_a, "a", 0, 0.9, 300, {"8192": 0.6})
     write_run(second_a, "a", 1, 1.0, 300)
-    table = curriculum_stages.summarise([[first_a, first_b], [second_a]], 1024)
+    table = curriculum_stages.summarise([[first_a, first_b], [second_a]], 1024, [start], 128)
     assert [row["steps_at_length"] for row in table["a"]] == [300, 600]
     assert [row["train_seconds_at_length"] for row in table["a"]] == [300.5, 601.0]  # seeds' mean, summed
+    # From the start: plus the mean of the same seeds' start runs (1,000.5), not of seed 2's too.
+    assert [row["train_seconds_from_start"] for row in table["a"]] == [1301.0, 1601.5]
+    assert table["b"][0]["train_seconds_from_start"] is None
     assert [(row["stage"], row["steps_at_length"]) for row in table["b"]] == [(1, 200)]
     first, second = table["a"]
     assert first["copy_accuracy"]["per_seed"] == [0.5, 0.95] and first["copy_accuracy"]["seeds_solved"] == 1
@@ -312,6 +318,6 @@ def test_curriculum_stages_add_up_steps_per_arm_and_report_each_stages_seeds(tmp
     assert second["extrapolation"]["8192"]["per_seed"] == [0.6]  # seed 1 was not tested there
     output = tmp_path / "stages.json"
     run_script("curriculum_stages.py", "--length", 1024, "--output", output, "--stages", f"{first_a},{first_b}",
-               second_a, cwd=tmp_path)
+               second_a, "--start", start, "--start_length", 128, cwd=tmp_path)
     assert json.loads(output.read_text())["arms"] == json.loads(json.dumps(table))
     assert output.with_suffix(".png").stat().st_size > 0
