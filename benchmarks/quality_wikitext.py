@@ -79,9 +79,10 @@ ARMS = {
     # Issue 24's rate arm: the fix plus the rate term (modeling/rate_loss.py), which asks each compressed branch to
     # keep its nominal rate κ instead of drifting toward keeping every element.
     "study-serpent-slow-rate": {"config": {**EMBEDDING_IDENTITY, "rate_loss_coef": 1.0}},
-    # θ_Δ starting open (Δ halfway up its range at the start, as the sparse-copying arm that found content tokens
-    # from the loss alone): whether that initialisation should be the package's default on text.
+    # θ_Δ starting open (Δ halfway up its range at the start, as in the sparse-copying arm that found content tokens
+    # from the loss alone), without and with the rate term (that arm's recipe): whether it should be the default.
     "study-serpent-slow-open": {"config": {**EMBEDDING_IDENTITY, "delta_bias_init": 0.0}},
+    "study-serpent-slow-open-rate": {"config": {**EMBEDDING_IDENTITY, "delta_bias_init": 0.0, "rate_loss_coef": 1.0}},
     "study-serpent-slow-selectivity-lr10": {"config": EMBEDDING_IDENTITY, "options": ["--selectivity_lr_multiplier", "10"]},
     "study-serpent-slow-7L-narrow": {"config": {**EMBEDDING_IDENTITY, "num_hidden_layers": 7, "expand": 1}},
     # The compression operator: a linear map across channels (one d x d matrix per basis function) against the
