@@ -40,7 +40,10 @@ class SeRpEntConfig(PretrainedConfig):
             Checkpoints saved before this option existed load as "hidden", which is what they computed.
         delta_window: with delta_source "embedding", θ_Δ reads the mean of the last W token embeddings
             (a causal window; 1 = the token's own embedding).
-        delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate).
+        delta_bias_init: initial bias of θ_Δ (negative keeps a branch near its nominal rate). 0 starts every Δ halfway
+            up its range, so every element is near a sample and gets a gradient: on sparse information (a few rare
+            tokens among filler) θ_Δ then finds them from the loss alone; on text it cost 0.3-0.5 top-1 points
+            (benchmarks/README.md).
         projection_init: initial concat projection of a block with several branches. "identity" (default): the κ = 1
             branch's share is the identity and the compressed branches' shares are zero, so a new block computes
             exactly the Mamba block it contains and the compressed branches grow in from there (without a κ = 1
