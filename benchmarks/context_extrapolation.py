@@ -27,8 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from context_length import held_out_lines, position_scores, run_directory  # noqa: E402
-from seed_statistics import mean_std  # noqa: E402
 from quality_wikitext import read_articles  # noqa: E402
+from seed_statistics import mean_std  # noqa: E402
 
 
 def buckets_for(trained_block, test_block):
