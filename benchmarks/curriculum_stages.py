@@ -111,6 +111,11 @@ def plot(table, length, path):
     plt.close(figure)
 
 
+def folder_list(text):
+    """Output folders given as one comma-separated argument."""
+    return [folder for folder in text.split(",") if folder]
+
+
 def fmt_seconds(seconds):
     return "-" if seconds is None else f"{seconds:.0f} s"
 
@@ -125,11 +130,10 @@ def main():
     parser.add_argument("--start_length", type=int, default=None, help="the filler length --start trained at")
     parser.add_argument("--output", default="runs/curriculum_stages.json")
     args = parser.parse_args()
-    stages = [[folder for folder in stage.split(",") if folder] for stage in args.stages]
+    stages = [folder_list(stage) for stage in args.stages]
     if args.start and args.start_length is None:
         parser.error("--start needs --start_length, the filler length its runs trained at")
-    start = [folder for folder in args.start.split(",") if folder]
-    table = summarise(stages, args.length, start, args.start_length)
+    table = summarise(stages, args.length, folder_list(args.start), args.start_length)
     if not table:
         raise SystemExit(f"no finished run at length {args.length} in any of the stages' folders")
     for arm, rows in sorted(table.items()):

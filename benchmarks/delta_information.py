@@ -34,8 +34,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from context_length import held_out_blocks  # noqa: E402
-from seed_statistics import mean_std  # noqa: E402
 from quality_wikitext import read_articles  # noqa: E402
+from seed_statistics import mean_std  # noqa: E402
 from serpent_hf.training.data import hold_out_articles, load_tokenizer  # noqa: E402
 from serpent_hf.training.models import load_checkpoint  # noqa: E402
 

@@ -48,8 +48,8 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import TrainingArguments, default_data_collator, set_seed  # noqa: E402
 
-from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM  # noqa: E402
 from seed_statistics import mean_std  # noqa: E402
+from serpent_hf import SeRpEntConfig, SeRpEntForCausalLM  # noqa: E402
 from serpent_hf.training.trainer import SeRpEntTrainer  # noqa: E402
 
 FILLER, MARKER, FIRST_CONTENT = 0, 1, 2
